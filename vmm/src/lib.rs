@@ -1,0 +1,3 @@
+//! The bulkhead VMM: boots a Linux guest on KVM with a minimal device model.
+
+pub mod devices;
