@@ -1,2 +1,6 @@
-//! The legacy PC devices a Linux guest expects: the 16550 UART and the
-//! i8042 controller's reset line.
+//! The legacy PC devices a Linux guest expects: the 16550 UART on COM1 and
+//! the i8042 controller, whose only job here is the reset line.
+
+pub mod i8042;
+pub mod serial;
+pub mod trigger;

@@ -1,0 +1,64 @@
+//! PVM hosts: KVM served by `kvm_pvm` (shadow paging, no VT-x/AMD-V), where
+//! the guest kernel runs in KVM's instruction emulator. The guest needs
+//! features it cannot emulate hidden and our SYSCALL fix turned on
+//! (guest-kernel-config/patches/0003-pvm-syscall-fault.patch).
+
+use std::path::Path;
+
+/// The compatibility command line, kept beside the patches that need it so
+/// the kernel build can check the feature bit numbers against its source.
+const PVM_CMDLINE: &str = include_str!("../../../guest-kernel-config/pvm-cmdline.txt");
+
+/// Extra parameters that only pay off under the emulator: mapping kernel
+/// text read-only splits huge pages and costs hundreds of emulated faults.
+const PVM_SPEED_CMDLINE: &str = "rodata=off";
+
+/// Whether to add the PVM compatibility command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PvmCompat {
+    /// Add it when this host is a PVM host.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// True when /dev/kvm is served by kvm_pvm.
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+impl PvmCompat {
+    pub fn enabled(self) -> bool {
+        match self {
+            PvmCompat::Auto => host_is_pvm(),
+            PvmCompat::On => true,
+            PvmCompat::Off => false,
+        }
+    }
+}
+
+/// The parameters added on PVM hosts.
+pub fn compat_cmdline() -> String {
+    format!("{} {}", PVM_CMDLINE.trim(), PVM_SPEED_CMDLINE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compat_line_hides_features_and_enables_syscall_fix() {
+        let line = compat_cmdline();
+        assert!(line.contains("noxsave"));
+        assert!(line.contains("clearcpuid="));
+        assert!(line.split_whitespace().any(|w| w == "pvm_syscall_fault"));
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn explicit_settings_ignore_the_host() {
+        assert!(PvmCompat::On.enabled());
+        assert!(!PvmCompat::Off.enabled());
+    }
+}

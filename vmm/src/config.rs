@@ -1,0 +1,67 @@
+//! What a VM is made of, as the CLI (or a test) describes it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::boot::pvm::PvmCompat;
+
+pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Below this the kernel's early allocations fail in confusing ways.
+pub const MIN_MEM_MIB: u64 = 16;
+pub const MAX_VCPUS: u8 = 32;
+
+/// Where the guest's serial console goes.
+pub enum ConsoleOutput {
+    /// The VMM's stdout, unbuffered.
+    Stdout,
+    /// Any writer (a log file, a pipe, a test's buffer).
+    Writer(Box<dyn Write + Send>),
+    /// Nowhere.
+    Sink,
+}
+
+/// A raw disk image attached as virtio-blk, in order: vda, vdb, ...
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Hybrid vsock: the guest's CID and the host Unix socket it is reached by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub cid: u32,
+    pub uds_path: PathBuf,
+}
+
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to the VMM's own command line.
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    pub pvm_compat: PvmCompat,
+    pub console: ConsoleOutput,
+    /// Forward the VMM's stdin to the serial console.
+    pub console_input: bool,
+    pub disks: Vec<DiskConfig>,
+    pub vsock: Option<VsockConfig>,
+}
+
+impl VmConfig {
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            mem_mib: DEFAULT_MEM_MIB,
+            vcpus: 1,
+            pvm_compat: PvmCompat::Auto,
+            console: ConsoleOutput::Stdout,
+            console_input: false,
+            disks: Vec::new(),
+            vsock: None,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! vCPUs: per-vCPU setup and the thread that runs KVM_RUN and routes exits
+//! to the port-I/O and MMIO buses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
+use crate::devices::bus::Bus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {0}: {1}")]
+    Create(u8, kvm_ioctls::Error),
+    #[error("cannot set CPUID of vCPU {0}: {1}")]
+    Cpuid(u8, kvm_ioctls::Error),
+    #[error("cannot set MSRs of vCPU {0}: {1}")]
+    Msrs(u8, msr::MsrError),
+    #[error("cannot set registers of vCPU {0}: {1}")]
+    Regs(u8, regs::RegsError),
+    #[error("cannot set up the local APIC of vCPU {0}: {1}")]
+    Lapic(u8, kvm_ioctls::Error),
+    #[error("cannot start the vCPU {0} thread: {1}")]
+    Spawn(u8, std::io::Error),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+}
+
+/// Why a vCPU stopped running the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// Asked to stop by the VMM.
+    Kicked,
+    /// The guest asked for a reset or power-off (KVM system event).
+    GuestReset,
+    GuestPowerOff,
+    /// The guest halted with interrupts off: it will never run again.
+    Halted,
+    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
+    TripleFault { cpu: u8, rip: u64 },
+    /// KVM could not run or emulate a guest instruction.
+    InternalError { cpu: u8, suberror: u32, rip: u64, code: Vec<u8>, data: Vec<u64> },
+    /// The guest crashed (KVM_SYSTEM_EVENT_CRASH).
+    Crash { cpu: u8 },
+    /// VM entry failed.
+    FailEntry { cpu: u8, reason: u64 },
+    /// KVM_RUN itself failed.
+    RunFailed { cpu: u8, errno: i32 },
+}
+
+impl std::fmt::Display for VcpuStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VcpuStop::Kicked => write!(f, "stopped by the VMM"),
+            VcpuStop::GuestReset => write!(f, "guest reset"),
+            VcpuStop::GuestPowerOff => write!(f, "guest powered off"),
+            VcpuStop::Halted => write!(f, "guest halted"),
+            VcpuStop::TripleFault { cpu, rip } => {
+                write!(f, "guest triple fault on vCPU {cpu} (RIP {rip:#x})")
+            }
+            VcpuStop::InternalError { cpu, suberror, rip, code, data } => {
+                let kind = match suberror {
+                    1 => "instruction emulation failed",
+                    2 => "simultaneous exceptions",
+                    3 => "delivery event failed",
+                    _ => "internal error",
+                };
+                write!(f, "KVM internal error on vCPU {cpu}: {kind} (suberror {suberror}) at RIP {rip:#x}, instruction bytes [")?;
+                for (i, b) in code.iter().enumerate() {
+                    write!(f, "{}{b:02x}", if i == 0 { "" } else { " " })?;
+                }
+                write!(f, "], data {data:x?}")
+            }
+            VcpuStop::Crash { cpu } => write!(f, "guest crashed on vCPU {cpu}"),
+            VcpuStop::FailEntry { cpu, reason } => {
+                write!(f, "VM entry failed on vCPU {cpu} (hardware reason {reason:#x})")
+            }
+            VcpuStop::RunFailed { cpu, errno } => write!(
+                f,
+                "KVM_RUN failed on vCPU {cpu}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+        }
+    }
+}
+
+/// Everything a vCPU thread needs.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    pio: Bus,
+    mmio: Bus,
+    mem: GuestMemoryMmap,
+}
+
+/// The signal that interrupts KVM_RUN so a vCPU thread sees its stop flag.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process: its only job is to
+/// make the blocking KVM_RUN return EINTR.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), noop_handler).map_err(|e| e.errno()))
+        .map_err(|e| VcpuError::Signal(vmm_sys_util::errno::Error::new(e)))
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` of `count` and gives it CPUID, MSRs, FPU and LAPIC
+    /// state. The boot vCPU additionally needs [`Vcpu::setup_boot_entry`];
+    /// the others wait in the in-kernel LAPIC for INIT/SIPI.
+    pub fn new(
+        vm: &VmFd,
+        id: u8,
+        count: u8,
+        base_cpuid: &CpuId,
+        mem: GuestMemoryMmap,
+        pio: Bus,
+        mmio: Bus,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm.create_vcpu(u64::from(id)).map_err(|e| VcpuError::Create(id, e))?;
+        let mut cpuid = base_cpuid.clone();
+        cpuid::patch_cpuid(&mut cpuid, id, count);
+        fd.set_cpuid2(&cpuid).map_err(|e| VcpuError::Cpuid(id, e))?;
+        let set = msr::setup_msrs(&fd).map_err(|e| VcpuError::Msrs(id, e))?;
+        if set < msr::boot_msr_entries().len() {
+            log::debug!("vCPU {id}: KVM accepted {set} of the boot MSRs");
+        }
+        regs::setup_fpu(&fd).map_err(|e| VcpuError::Regs(id, e))?;
+        interrupts::setup_lapic(&fd).map_err(|e| VcpuError::Lapic(id, e))?;
+        Ok(Vcpu { id, fd, pio, mmio, mem })
+    }
+
+    pub fn setup_boot_entry(&self, entry: u64) -> Result<(), VcpuError> {
+        regs::setup_boot_vcpu(&self.fd, &self.mem, entry).map_err(|e| VcpuError::Regs(self.id, e))
+    }
+
+    /// Starts the vCPU thread. When the vCPU stops for good it sends why on
+    /// `stopped` and writes `stopped_evt` so the event loop wakes up.
+    pub fn spawn(
+        self,
+        stop: Arc<AtomicBool>,
+        stopped: Sender<VcpuStop>,
+        stopped_evt: EventFd,
+    ) -> Result<VcpuHandle, VcpuError> {
+        let id = self.id;
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let reason = self.run_loop(&stop);
+                let _ = stopped.send(reason);
+                let _ = stopped_evt.write(1);
+            })
+            .map_err(|e| VcpuError::Spawn(id, e))?;
+        Ok(VcpuHandle { handle })
+    }
+
+    fn run_loop(mut self, stop: &AtomicBool) -> VcpuStop {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return VcpuStop::Kicked;
+            }
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return VcpuStop::RunFailed { cpu: self.id, errno: e.errno() },
+            };
+            match exit {
+                VcpuExit::IoIn(port, data) => {
+                    if !self.pio.read(u64::from(port), data) {
+                        data.fill(0xff);
+                    }
+                }
+                VcpuExit::IoOut(port, data) => {
+                    self.pio.write(u64::from(port), data);
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if !self.mmio.read(addr, data) {
+                        data.fill(0);
+                    }
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    self.mmio.write(addr, data);
+                }
+                VcpuExit::Hlt => return VcpuStop::Halted,
+                VcpuExit::Shutdown => {
+                    let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                    return VcpuStop::TripleFault { cpu: self.id, rip };
+                }
+                VcpuExit::SystemEvent(kind, _) => {
+                    return match kind {
+                        KVM_SYSTEM_EVENT_RESET => VcpuStop::GuestReset,
+                        KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::GuestPowerOff,
+                        KVM_SYSTEM_EVENT_CRASH => VcpuStop::Crash { cpu: self.id },
+                        _ => VcpuStop::GuestPowerOff,
+                    };
+                }
+                VcpuExit::FailEntry(reason, _) => {
+                    return VcpuStop::FailEntry { cpu: self.id, reason };
+                }
+                VcpuExit::InternalError => return self.internal_error(),
+                VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}
+                other => {
+                    log::debug!("vCPU {}: ignoring exit {other:?}", self.id);
+                }
+            }
+        }
+    }
+
+    /// Collects what there is to know about an internal error: KVM's data
+    /// words and the instruction bytes at RIP, read through the guest's own
+    /// page tables.
+    fn internal_error(&mut self) -> VcpuStop {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `internal` member of the exit union because
+        // the exit reason is KVM_EXIT_INTERNAL_ERROR.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let ndata = (internal.ndata as usize).min(internal.data.len());
+        let data = internal.data[..ndata].to_vec();
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let mut code = vec![0u8; 16];
+        let read = self
+            .fd
+            .translate_gva(rip)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .and_then(|t| self.mem.read_slice(&mut code, GuestAddress(t.physical_address)).ok());
+        if read.is_none() {
+            code.clear();
+        }
+        VcpuStop::InternalError { cpu: self.id, suberror: internal.suberror, rip, code, data }
+    }
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    handle: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    /// Interrupts KVM_RUN; the thread then sees the stop flag.
+    pub fn kick(&self) {
+        let _ = self.handle.kill(kick_signal());
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub fn join(self) {
+        let _ = self.handle.join();
+    }
+}
