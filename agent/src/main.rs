@@ -1,1 +1,84 @@
-fn main() {}
+//! bulkhead-agent: PID 1 of the microVM. It mounts the system
+//! filesystems, listens on vsock for the host, builds the container the
+//! host asks for, relays its stdio and exit status, and powers off.
+//!
+//! With `--no-init --listen-unix PATH` the same logic runs as an ordinary
+//! process on a host, which is how it is tested.
+
+mod config;
+mod container;
+mod init;
+mod log;
+mod reaper;
+mod server;
+mod stdio;
+mod transport;
+
+use std::process::ExitCode;
+
+use crate::config::{Config, ConfigError, USAGE};
+use crate::container::Settings;
+use crate::log::agent_log;
+use crate::reaper::Reaper;
+use crate::server::Server;
+use crate::transport::Listener;
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(ConfigError::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Under init a bad command line must not kill PID 1, and
+            // `from_args` accepts anything there; so this is a host run.
+            eprintln!("bulkhead-agent: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run(&config);
+    if config.init {
+        if let Err(e) = result {
+            agent_log!("fatal: {e}");
+        }
+        init::power_off();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            agent_log!("fatal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    if config.init {
+        init::install_panic_hook();
+        init::setup()?;
+    } else {
+        // Stand-in for PID 1: orphans of the container get re-parented
+        // to us and reaped.
+        nix::sys::prctl::set_child_subreaper(true)?;
+        // Our own mount namespace: the containers' storage mounts stay
+        // out of the host's, and vanish with us even if we are killed.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+        container::rootfs::make_private()?;
+    }
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        format!(
+            "cannot create state dir {}: {e}",
+            config.state_dir.display()
+        )
+    })?;
+    let reaper = Reaper::new()?;
+    let listener = Listener::bind(&config.listen)?;
+    init::announce_ready();
+    let settings = Settings {
+        state_dir: config.state_dir.clone(),
+        cgroup_root: config.cgroup_root.clone(),
+    };
+    Server::new(listener, reaper, settings).run();
+    Ok(())
+}

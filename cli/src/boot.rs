@@ -58,7 +58,10 @@ pub fn parse_disk(spec: &str) -> anyhow::Result<DiskConfig> {
         Some(other) => anyhow::bail!("--disk {spec}: unknown option {other:?} (expected ro or rw)"),
     };
     anyhow::ensure!(!path.is_empty(), "--disk needs a path");
-    Ok(DiskConfig { path: path.into(), read_only })
+    Ok(DiskConfig {
+        path: path.into(),
+        read_only,
+    })
 }
 
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
@@ -73,8 +76,15 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         PvmMode::On => PvmCompat::On,
         PvmMode::Off => PvmCompat::Off,
     };
-    config.disks = args.disks.iter().map(|d| parse_disk(d)).collect::<anyhow::Result<_>>()?;
-    config.vsock = args.vsock_uds.map(|uds_path| VsockConfig { cid: args.vsock_cid, uds_path });
+    config.disks = args
+        .disks
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<anyhow::Result<_>>()?;
+    config.vsock = args.vsock_uds.map(|uds_path| VsockConfig {
+        cid: args.vsock_cid,
+        uds_path,
+    });
     let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
     vmm.run().context("the VM failed")?;
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bulkhead", version, about = "Run containers in their own KVM microVMs")]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Run containers in their own KVM microVMs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

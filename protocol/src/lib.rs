@@ -1,1 +1,44 @@
-// placeholder
+//! The host <-> guest-agent protocol of bulkhead.
+//!
+//! The host (the `bulkhead` CLI) and the agent (PID 1 inside the microVM)
+//! talk over one byte stream (vsock in production, a Unix socket in tests).
+//! Every message travels in one frame (see [`frame`]): control messages are
+//! JSON, stdio data is sent raw so that bulk output costs no encoding.
+//!
+//! A session goes:
+//! 1. host `Hello { version }` -> agent `Hello { version }` (the agent closes
+//!    the connection after its reply if the versions differ);
+//! 2. `CreateContainer { spec }` -> `Created`;
+//! 3. `Start` -> `Started { pid }`; from here on the agent streams
+//!    `Stdout`/`Stderr` frames and the host may send `Stdin`, `CloseStdin`,
+//!    `Signal`, `ResizeTty` (no replies; failures come back as `Error`);
+//! 4. `Wait` -> `Exit(status)`, sent once the process has exited and all of
+//!    its output has been forwarded;
+//! 5. `Shutdown` -> `ShuttingDown`, then the agent powers the VM off.
+//!
+//! Any request may instead be answered with `Error { message }`.
+
+pub mod client;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod spec;
+
+pub use client::{AgentClient, AgentReader, AgentWriter, Event, TryClone};
+pub use error::ProtocolError;
+pub use frame::{read_message, write_message, FrameDecoder, MAX_DATA_CHUNK, MAX_FRAME_LEN};
+pub use message::{AgentMessage, ExitStatus, HostMessage, Message, Termination};
+pub use spec::{
+    ContainerSpec, ProcessSpec, Resources, Rlimit, RlimitKind, Source, SpecError, Storage, TtySize,
+    User, Volume,
+};
+
+/// The protocol version spoken by this build. Bump it on any incompatible
+/// change to the messages or the spec.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The line the agent prints on the serial console once it listens.
+pub const READY_MARKER: &str = "bulkhead-agent: ready";

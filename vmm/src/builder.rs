@@ -62,8 +62,8 @@ pub enum BuildError {
     EventLoop(event_manager::Error),
     #[error("cannot place a device on the bus: {0}")]
     Bus(#[from] crate::devices::bus::BusError),
-    #[error("cannot attach a virtio device: {0}")]
-    Virtio(String),
+    #[error(transparent)]
+    Virtio(#[from] crate::devices::virtio::attach::AttachError),
     #[error("cannot duplicate stdout for the console: {0}")]
     Stdout(std::io::Error),
 }
@@ -99,7 +99,10 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     }
     // Check the files before touching KVM, so the error names what the
     // user got wrong rather than what it prevented.
-    for (path, missing) in [(Some(&config.kernel), true), (config.initrd.as_ref(), false)] {
+    for (path, missing) in [
+        (Some(&config.kernel), true),
+        (config.initrd.as_ref(), false),
+    ] {
         if let Some(p) = path {
             if !p.exists() {
                 return Err(if missing {
@@ -119,20 +122,25 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
 
     let kernel = loader::load_kernel(&mem, &config.kernel)?;
     if kernel.end >= mem_size.min(crate::arch::x86_64::layout::MMIO_GAP_START) {
-        return Err(BuildError::KernelTooLarge { kernel_end: kernel.end, mem_mib: config.mem_mib });
+        return Err(BuildError::KernelTooLarge {
+            kernel_end: kernel.end,
+            mem_mib: config.mem_mib,
+        });
     }
     let initrd = match &config.initrd {
         Some(path) => Some(loader::load_initrd(&mem, path, kernel.end)?),
         None => None,
     };
 
-    let mut event_manager: EventManager<Subscriber> = EventManager::new().map_err(BuildError::EventLoop)?;
+    let mut event_manager: EventManager<Subscriber> =
+        EventManager::new().map_err(BuildError::EventLoop)?;
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
 
     // COM1 and its input.
     let serial_irq = eventfd()?;
-    vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(BuildError::Irq)?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(BuildError::Irq)?;
     let drained = SerialInput::drained_event().map_err(BuildError::EventFd)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
@@ -147,24 +155,29 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
 
     // The i8042 reset line ends the VM.
     let reset_evt = eventfd()?;
-    let i8042 = I8042::new(EventFdTrigger::new(reset_evt.try_clone().map_err(BuildError::EventFd)?));
+    let i8042 = I8042::new(EventFdTrigger::new(
+        reset_evt.try_clone().map_err(BuildError::EventFd)?,
+    ));
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)?;
 
     let pvm_line = config.pvm_compat.enabled().then(pvm::compat_cmdline);
     let mut cmdline = cmdline::base_cmdline(pvm_line.as_deref())?;
     crate::devices::virtio::attach::attach_devices(
         &vm,
+        &mem,
         &mut mmio,
         &mut event_manager,
         &mut cmdline,
         &config.disks,
         config.vsock.as_ref(),
-    )
-    .map_err(|e| BuildError::Virtio(e.to_string()))?;
+    )?;
     cmdline::append_user(&mut cmdline, &config.cmdline)?;
 
     load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BuildError::CmdlineLoad)?;
-    let cmdline_len = cmdline.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0);
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map(|c| c.as_bytes().len())
+        .unwrap_or(0);
     let params = zero_page::build_boot_params(mem_size, cmdline_len, initrd)?;
     zero_page::write_boot_params(&mem, &params)?;
     mptable::setup_mptable(&mem, config.vcpus)?;
@@ -175,7 +188,15 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
         .map_err(VmError::Cpuid)?;
     let mut vcpus = Vec::with_capacity(config.vcpus as usize);
     for id in 0..config.vcpus {
-        let vcpu = Vcpu::new(&vm, id, config.vcpus, &base_cpuid, mem.clone(), pio.clone(), mmio.clone())?;
+        let vcpu = Vcpu::new(
+            &vm,
+            id,
+            config.vcpus,
+            &base_cpuid,
+            mem.clone(),
+            pio.clone(),
+            mmio.clone(),
+        )?;
         if id == 0 {
             vcpu.setup_boot_entry(kernel.entry.0)?;
         }
@@ -192,5 +213,16 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     )));
     event_manager.add_subscriber(exit_watch.clone());
 
-    Ok(Vmm::new(kvm, vm, mem, event_manager, vcpus, stop, stopped_tx, stopped_rx, stopped_evt, exit_watch))
+    Ok(Vmm::new(
+        kvm,
+        vm,
+        mem,
+        event_manager,
+        vcpus,
+        stop,
+        stopped_tx,
+        stopped_rx,
+        stopped_evt,
+        exit_watch,
+    ))
 }

@@ -57,7 +57,12 @@ enum Ending {
 
 impl ExitWatch {
     pub fn new(reset: EventFd, vcpu_stopped: EventFd, stop_request: EventFd) -> Self {
-        ExitWatch { reset, vcpu_stopped, stop_request, ended: None }
+        ExitWatch {
+            reset,
+            vcpu_stopped,
+            stop_request,
+            ended: None,
+        }
     }
 }
 
@@ -126,7 +131,10 @@ impl Vmm {
         stopped_evt: EventFd,
         exit_watch: Arc<Mutex<ExitWatch>>,
     ) -> Self {
-        let stop_evt = lock(&exit_watch).stop_request.try_clone().expect("eventfd dup");
+        let stop_evt = lock(&exit_watch)
+            .stop_request
+            .try_clone()
+            .expect("eventfd dup");
         Vmm {
             event_manager,
             vcpus,
@@ -151,7 +159,10 @@ impl Vmm {
     pub fn run(mut self) -> Result<VmExit, RunError> {
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus.drain(..) {
-            let evt = self.stopped_evt.try_clone().map_err(|e| RunError::Vcpu(VcpuError::Spawn(0, e)))?;
+            let evt = self
+                .stopped_evt
+                .try_clone()
+                .map_err(|e| RunError::Vcpu(VcpuError::Spawn(0, e)))?;
             match vcpu.spawn(self.stop.clone(), self.stopped_tx.clone(), evt) {
                 Ok(h) => handles.push(h),
                 Err(e) => {

@@ -9,7 +9,8 @@ use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
 /// Serial console on the one UART, reboot through the i8042 reset line (no
 /// keyboard driver needed), reboot at once on panic so the VMM exits, and
 /// no console chatter below errors (every byte is a VM exit).
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet tsc=reliable mitigations=off";
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 quiet tsc=reliable mitigations=off";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CmdlineError {
@@ -21,7 +22,9 @@ pub enum CmdlineError {
 /// compatibility parameters.
 pub fn base_cmdline(pvm_compat: Option<&str>) -> Result<Cmdline, CmdlineError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(CmdlineError::Invalid)?;
-    cmdline.insert_str(DEFAULT_CMDLINE).map_err(CmdlineError::Invalid)?;
+    cmdline
+        .insert_str(DEFAULT_CMDLINE)
+        .map_err(CmdlineError::Invalid)?;
     if let Some(extra) = pvm_compat {
         cmdline.insert_str(extra).map_err(CmdlineError::Invalid)?;
     }
@@ -42,7 +45,9 @@ pub fn append_user(cmdline: &mut Cmdline, user: &str) -> Result<(), CmdlineError
         cmdline.insert_str(params).map_err(CmdlineError::Invalid)?;
     }
     if let Some(args) = init_args.filter(|a| !a.is_empty()) {
-        cmdline.insert_init_args(args).map_err(CmdlineError::Invalid)?;
+        cmdline
+            .insert_init_args(args)
+            .map_err(CmdlineError::Invalid)?;
     }
     Ok(())
 }

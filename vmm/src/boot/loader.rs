@@ -38,7 +38,11 @@ pub struct LoadedKernel {
     pub end: u64,
 }
 
-fn open(path: &Path, missing: fn(PathBuf) -> LoaderError, read: fn(PathBuf, std::io::Error) -> LoaderError) -> Result<File, LoaderError> {
+fn open(
+    path: &Path,
+    missing: fn(PathBuf) -> LoaderError,
+    read: fn(PathBuf, std::io::Error) -> LoaderError,
+) -> Result<File, LoaderError> {
     File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => missing(path.to_path_buf()),
         _ => read(path.to_path_buf(), e),
@@ -53,10 +57,14 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
     if !is_elf {
         return Err(LoaderError::KernelNotElf(path.to_path_buf()));
     }
-    file.seek(SeekFrom::Start(0)).map_err(|e| LoaderError::KernelRead(path.to_path_buf(), e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| LoaderError::KernelRead(path.to_path_buf(), e))?;
     let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| LoaderError::KernelLoad(path.to_path_buf(), e))?;
-    Ok(LoadedKernel { entry: result.kernel_load, end: result.kernel_end })
+    Ok(LoadedKernel {
+        entry: result.kernel_load,
+        end: result.kernel_end,
+    })
 }
 
 /// The highest page-aligned address below 4 GiB (and below the MMIO gap)
@@ -76,12 +84,19 @@ pub fn load_initrd(
     kernel_end: u64,
 ) -> Result<InitrdPlacement, LoaderError> {
     let mut file = open(path, LoaderError::InitrdMissing, LoaderError::InitrdRead)?;
-    let size = file.metadata().map_err(|e| LoaderError::InitrdRead(path.to_path_buf(), e))?.len();
-    let address = initrd_address(mem, kernel_end, size)
-        .ok_or(LoaderError::InitrdTooLarge { kernel_end, initrd_size: size })?;
+    let size = file
+        .metadata()
+        .map_err(|e| LoaderError::InitrdRead(path.to_path_buf(), e))?
+        .len();
+    let address = initrd_address(mem, kernel_end, size).ok_or(LoaderError::InitrdTooLarge {
+        kernel_end,
+        initrd_size: size,
+    })?;
     use vm_memory::Bytes;
     mem.read_exact_volatile_from(address, &mut file, size as usize)
-        .map_err(|e| LoaderError::InitrdRead(path.to_path_buf(), std::io::Error::other(e.to_string())))?;
+        .map_err(|e| {
+            LoaderError::InitrdRead(path.to_path_buf(), std::io::Error::other(e.to_string()))
+        })?;
     Ok(InitrdPlacement { address, size })
 }
 

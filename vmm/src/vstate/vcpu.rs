@@ -6,7 +6,9 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -44,15 +46,32 @@ pub enum VcpuStop {
     /// The guest halted with interrupts off: it will never run again.
     Halted,
     /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
-    TripleFault { cpu: u8, rip: u64 },
+    TripleFault {
+        cpu: u8,
+        rip: u64,
+    },
     /// KVM could not run or emulate a guest instruction.
-    InternalError { cpu: u8, suberror: u32, rip: u64, code: Vec<u8>, data: Vec<u64> },
+    InternalError {
+        cpu: u8,
+        suberror: u32,
+        rip: u64,
+        code: Vec<u8>,
+        data: Vec<u64>,
+    },
     /// The guest crashed (KVM_SYSTEM_EVENT_CRASH).
-    Crash { cpu: u8 },
+    Crash {
+        cpu: u8,
+    },
     /// VM entry failed.
-    FailEntry { cpu: u8, reason: u64 },
+    FailEntry {
+        cpu: u8,
+        reason: u64,
+    },
     /// KVM_RUN itself failed.
-    RunFailed { cpu: u8, errno: i32 },
+    RunFailed {
+        cpu: u8,
+        errno: i32,
+    },
 }
 
 impl std::fmt::Display for VcpuStop {
@@ -65,7 +84,13 @@ impl std::fmt::Display for VcpuStop {
             VcpuStop::TripleFault { cpu, rip } => {
                 write!(f, "guest triple fault on vCPU {cpu} (RIP {rip:#x})")
             }
-            VcpuStop::InternalError { cpu, suberror, rip, code, data } => {
+            VcpuStop::InternalError {
+                cpu,
+                suberror,
+                rip,
+                code,
+                data,
+            } => {
                 let kind = match suberror {
                     1 => "instruction emulation failed",
                     2 => "simultaneous exceptions",
@@ -80,7 +105,10 @@ impl std::fmt::Display for VcpuStop {
             }
             VcpuStop::Crash { cpu } => write!(f, "guest crashed on vCPU {cpu}"),
             VcpuStop::FailEntry { cpu, reason } => {
-                write!(f, "VM entry failed on vCPU {cpu} (hardware reason {reason:#x})")
+                write!(
+                    f,
+                    "VM entry failed on vCPU {cpu} (hardware reason {reason:#x})"
+                )
             }
             VcpuStop::RunFailed { cpu, errno } => write!(
                 f,
@@ -129,7 +157,9 @@ impl Vcpu {
         pio: Bus,
         mmio: Bus,
     ) -> Result<Self, VcpuError> {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(|e| VcpuError::Create(id, e))?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VcpuError::Create(id, e))?;
         let mut cpuid = base_cpuid.clone();
         cpuid::patch_cpuid(&mut cpuid, id, count);
         fd.set_cpuid2(&cpuid).map_err(|e| VcpuError::Cpuid(id, e))?;
@@ -139,7 +169,13 @@ impl Vcpu {
         }
         regs::setup_fpu(&fd).map_err(|e| VcpuError::Regs(id, e))?;
         interrupts::setup_lapic(&fd).map_err(|e| VcpuError::Lapic(id, e))?;
-        Ok(Vcpu { id, fd, pio, mmio, mem })
+        Ok(Vcpu {
+            id,
+            fd,
+            pio,
+            mmio,
+            mem,
+        })
     }
 
     pub fn setup_boot_entry(&self, entry: u64) -> Result<(), VcpuError> {
@@ -174,7 +210,12 @@ impl Vcpu {
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(e) => return VcpuStop::RunFailed { cpu: self.id, errno: e.errno() },
+                Err(e) => {
+                    return VcpuStop::RunFailed {
+                        cpu: self.id,
+                        errno: e.errno(),
+                    }
+                }
             };
             match exit {
                 VcpuExit::IoIn(port, data) => {
@@ -207,7 +248,10 @@ impl Vcpu {
                     };
                 }
                 VcpuExit::FailEntry(reason, _) => {
-                    return VcpuStop::FailEntry { cpu: self.id, reason };
+                    return VcpuStop::FailEntry {
+                        cpu: self.id,
+                        reason,
+                    };
                 }
                 VcpuExit::InternalError => return self.internal_error(),
                 VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}
@@ -235,11 +279,21 @@ impl Vcpu {
             .translate_gva(rip)
             .ok()
             .filter(|t| t.valid != 0)
-            .and_then(|t| self.mem.read_slice(&mut code, GuestAddress(t.physical_address)).ok());
+            .and_then(|t| {
+                self.mem
+                    .read_slice(&mut code, GuestAddress(t.physical_address))
+                    .ok()
+            });
         if read.is_none() {
             code.clear();
         }
-        VcpuStop::InternalError { cpu: self.id, suberror: internal.suberror, rip, code, data }
+        VcpuStop::InternalError {
+            cpu: self.id,
+            suberror: internal.suberror,
+            rip,
+            code,
+            data,
+        }
     }
 }
 

@@ -27,7 +27,10 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(VmError::Create)?;
     vm.set_tss_address(KVM_TSS_ADDRESS).map_err(VmError::Tss)?;
     vm.create_irq_chip().map_err(VmError::IrqChip)?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm.create_pit2(pit).map_err(VmError::Pit)?;
     for (slot, region) in mem.iter().enumerate() {
         let host = region.as_ptr() as u64;

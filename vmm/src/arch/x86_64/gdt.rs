@@ -66,7 +66,10 @@ mod tests {
     fn code_segment_is_64bit_present_ring0() {
         let cs = kvm_segment_from_gdt(BOOT_GDT[1], 1);
         assert_eq!(cs.selector, 8);
-        assert_eq!((cs.l, cs.db, cs.present, cs.dpl, cs.s, cs.g), (1, 0, 1, 0, 1, 1));
+        assert_eq!(
+            (cs.l, cs.db, cs.present, cs.dpl, cs.s, cs.g),
+            (1, 0, 1, 0, 1, 1)
+        );
         assert_eq!(cs.type_, 0xb);
         assert_eq!(cs.limit, 0xffff_ffff);
         assert_eq!(cs.base, 0);

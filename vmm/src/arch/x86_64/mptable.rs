@@ -106,8 +106,11 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MptableError
         return Err(MptableError::TooManyCpus(cpus));
     }
     let table_addr = EBDA_START + 16;
-    mem.write_slice(&floating_pointer(table_addr as u32), GuestAddress(EBDA_START))
-        .map_err(|_| MptableError::Write(EBDA_START))?;
+    mem.write_slice(
+        &floating_pointer(table_addr as u32),
+        GuestAddress(EBDA_START),
+    )
+    .map_err(|_| MptableError::Write(EBDA_START))?;
     mem.write_slice(&config_table(cpus), GuestAddress(table_addr))
         .map_err(|_| MptableError::Write(table_addr))?;
     Ok(())
@@ -135,7 +138,8 @@ mod tests {
         assert_eq!(&hdr[..4], b"PCMP");
         let len = u16::from_le_bytes([hdr[4], hdr[5]]) as usize;
         let mut table = vec![0u8; len];
-        mem.read_slice(&mut table, GuestAddress(table_addr)).unwrap();
+        mem.read_slice(&mut table, GuestAddress(table_addr))
+            .unwrap();
         assert_eq!(sum(&table), 0);
         // 2 CPUs (20 bytes each) + bus + ioapic + 24 intsrc + 2 lintsrc (8 bytes each).
         assert_eq!(len, 44 + 2 * 20 + 8 * (1 + 1 + 24 + 2));
@@ -150,6 +154,9 @@ mod tests {
     fn rejects_bad_cpu_counts() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         assert_eq!(setup_mptable(&mem, 0), Err(MptableError::NoCpus));
-        assert_eq!(setup_mptable(&mem, 255), Err(MptableError::TooManyCpus(255)));
+        assert_eq!(
+            setup_mptable(&mem, 255),
+            Err(MptableError::TooManyCpus(255))
+        );
     }
 }

@@ -30,7 +30,11 @@ pub enum MsrError {
 
 /// The MSR values a vCPU boots with.
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
-    let e = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let e = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
         e(MSR_IA32_SYSENTER_CS, 0),
         e(MSR_IA32_SYSENTER_ESP, 0),

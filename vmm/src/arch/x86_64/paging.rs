@@ -13,7 +13,10 @@ pub fn write_identity_tables(mem: &GuestMemoryMmap) -> Result<u64, vm_memory::Gu
     mem.write_obj(PDPTE_START | PRESENT_RW, GuestAddress(PML4_START))?;
     mem.write_obj(PDE_START | PRESENT_RW, GuestAddress(PDPTE_START))?;
     for i in 0..512u64 {
-        mem.write_obj((i << 21) | PAGE_SIZE_2M | PRESENT_RW, GuestAddress(PDE_START + i * 8))?;
+        mem.write_obj(
+            (i << 21) | PAGE_SIZE_2M | PRESENT_RW,
+            GuestAddress(PDE_START + i * 8),
+        )?;
     }
     Ok(PML4_START)
 }

@@ -87,7 +87,8 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> Resu
     let mut sregs = vcpu.get_sregs().map_err(RegsError::GetSregs)?;
     configure_sregs(mem, &mut sregs)?;
     vcpu.set_sregs(&sregs).map_err(RegsError::SetSregs)?;
-    vcpu.set_regs(&boot_regs(entry)).map_err(RegsError::SetRegs)?;
+    vcpu.set_regs(&boot_regs(entry))
+        .map_err(RegsError::SetRegs)?;
     Ok(())
 }
 
@@ -105,7 +106,10 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let mut sregs = kvm_sregs::default();
         configure_sregs(&mem, &mut sregs).unwrap();
-        assert_eq!(sregs.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE | X86_CR0_PG);
+        assert_eq!(
+            sregs.cr0 & (X86_CR0_PE | X86_CR0_PG),
+            X86_CR0_PE | X86_CR0_PG
+        );
         assert_eq!(sregs.cr4 & X86_CR4_PAE, X86_CR4_PAE);
         assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         assert_eq!(sregs.cs.l, 1);
@@ -117,6 +121,9 @@ mod tests {
     #[test]
     fn entry_regs_point_at_zero_page() {
         let r = boot_regs(0x100_0000);
-        assert_eq!((r.rip, r.rsi, r.rsp, r.rflags), (0x100_0000, ZERO_PAGE_START, BOOT_STACK_POINTER, 2));
+        assert_eq!(
+            (r.rip, r.rsi, r.rsp, r.rflags),
+            (0x100_0000, ZERO_PAGE_START, BOOT_STACK_POINTER, 2)
+        );
     }
 }

@@ -3,10 +3,12 @@
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::bootparam::{boot_params, boot_e820_entry};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START, ZERO_PAGE_START};
+use super::layout::{
+    CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START, ZERO_PAGE_START,
+};
 
 const E820_RAM: u32 = 1;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -67,7 +69,11 @@ pub fn build_boot_params(
         return Err(ZeroPageError::TooManyE820Entries(ranges.len()));
     }
     for (i, (addr, size)) in ranges.iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: E820_RAM };
+        params.e820_table[i] = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: E820_RAM,
+        };
     }
     params.e820_entries = ranges.len() as u8;
     Ok(params)
@@ -102,7 +108,10 @@ mod tests {
 
     #[test]
     fn header_fields() {
-        let initrd = InitrdPlacement { address: GuestAddress(0x700_0000), size: 0x1234 };
+        let initrd = InitrdPlacement {
+            address: GuestAddress(0x700_0000),
+            size: 0x1234,
+        };
         let p = build_boot_params(128 << 20, 42, Some(initrd)).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, 0x5372_6448);

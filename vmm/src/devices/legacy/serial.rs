@@ -41,7 +41,9 @@ impl SerialDevice {
     /// `irq` is registered as an irqfd for COM1's IRQ; `drained` wakes the
     /// input handler.
     pub fn new(irq: EventFd, drained: EventFd, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice { uart: Serial::with_events(EventFdTrigger::new(irq), FifoDrained(drained), out) }
+        SerialDevice {
+            uart: Serial::with_events(EventFdTrigger::new(irq), FifoDrained(drained), out),
+        }
     }
 
     /// Queues host input; returns how many bytes fit in the FIFO.
@@ -95,8 +97,19 @@ impl InputSource for std::io::Stdin {
 }
 
 impl SerialInput {
-    pub fn new(serial: Arc<Mutex<SerialDevice>>, input: Box<dyn InputSource>, drained: EventFd) -> Self {
-        SerialInput { serial, input, drained, pending: Vec::new(), input_registered: false, eof: false }
+    pub fn new(
+        serial: Arc<Mutex<SerialDevice>>,
+        input: Box<dyn InputSource>,
+        drained: EventFd,
+    ) -> Self {
+        SerialInput {
+            serial,
+            input,
+            drained,
+            pending: Vec::new(),
+            input_registered: false,
+            eof: false,
+        }
     }
 
     /// A fresh eventfd for [`SerialDevice::new`]'s `drained` argument.
@@ -168,7 +181,9 @@ impl MutEventSubscriber for SerialInput {
                     self.set_input_interest(ops, false);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Interrupted
+                    || e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => {
                 self.set_input_interest(ops, false);
                 self.eof = true;

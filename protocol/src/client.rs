@@ -1,0 +1,437 @@
+//! The host side of the protocol.
+//!
+//! Setup is request/response on one [`AgentClient`]. Once the process runs,
+//! [`AgentClient::split`] gives an [`AgentWriter`] (stdin, signals, resize,
+//! wait, shutdown) and an [`AgentReader`] (output and exit events) that can
+//! live on different threads. A `bulkhead run` goes:
+//!
+//! ```no_run
+//! # use bulkhead_protocol::{AgentClient, ContainerSpec, Event};
+//! # fn f(stream: std::os::unix::net::UnixStream, spec: ContainerSpec) -> Result<i32, Box<dyn std::error::Error>> {
+//! let mut client = AgentClient::new(stream);
+//! client.handshake()?;
+//! client.create(&spec)?;
+//! client.start()?;
+//! // Ask for the exit status now: it arrives after all output, whenever
+//! // the process ends, so the stdin thread never has to send it.
+//! client.wait()?;
+//! let (mut writer, mut reader) = client.split()?;
+//! std::thread::spawn(move || {
+//!     // copy the user's stdin: writer.send_stdin(..), then writer.close_stdin()
+//! });
+//! let status = loop {
+//!     match reader.next_event()? {
+//!         Event::Stdout(data) => { /* write to stdout */ }
+//!         Event::Stderr(data) => { /* write to stderr */ }
+//!         Event::Exit(status) => break status,
+//!         Event::Error(message) => eprintln!("agent: {message}"),
+//!         Event::ShuttingDown => unreachable!("not requested"),
+//!     }
+//! };
+//! // Then shut the VM down: writer.shutdown(), read until
+//! // Event::ShuttingDown, and drop both halves (the agent powers off as
+//! // soon as the connection closes, or after one second).
+//! # Ok(status.code()) }
+//! ```
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+
+use crate::error::ProtocolError;
+use crate::frame::{read_message, write_message, MAX_DATA_CHUNK};
+use crate::message::{AgentMessage, ExitStatus, HostMessage};
+use crate::spec::ContainerSpec;
+use crate::PROTOCOL_VERSION;
+
+/// A stream that can be duplicated into an independent read half and
+/// write half.
+pub trait TryClone: Sized {
+    fn try_clone(&self) -> io::Result<Self>;
+}
+
+impl TryClone for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+}
+
+impl TryClone for TcpStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        TcpStream::try_clone(self)
+    }
+}
+
+impl TryClone for File {
+    fn try_clone(&self) -> io::Result<Self> {
+        File::try_clone(self)
+    }
+}
+
+/// What the agent streams while the container runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The answer to [`AgentWriter::wait`]: the process exited and all its
+    /// output came before this event.
+    Exit(ExitStatus),
+    /// Something failed asynchronously (e.g. a signal could not be sent).
+    Error(String),
+    /// The answer to a shutdown request.
+    ShuttingDown,
+}
+
+fn send<W: Write + ?Sized>(w: &mut W, msg: &HostMessage) -> Result<(), ProtocolError> {
+    write_message(w, msg)
+}
+
+fn describe(msg: &AgentMessage) -> String {
+    match msg {
+        AgentMessage::Stdout(d) => format!("stdout data ({} bytes)", d.len()),
+        AgentMessage::Stderr(d) => format!("stderr data ({} bytes)", d.len()),
+        other => format!("{other:?}"),
+    }
+}
+
+fn next_event<R: Read + ?Sized>(r: &mut R) -> Result<Event, ProtocolError> {
+    match read_message(r)? {
+        AgentMessage::Stdout(d) => Ok(Event::Stdout(d)),
+        AgentMessage::Stderr(d) => Ok(Event::Stderr(d)),
+        AgentMessage::Exit(s) => Ok(Event::Exit(s)),
+        AgentMessage::Error { message } => Ok(Event::Error(message)),
+        AgentMessage::ShuttingDown => Ok(Event::ShuttingDown),
+        other => Err(ProtocolError::Unexpected {
+            expected: "an output or exit event",
+            got: describe(&other),
+        }),
+    }
+}
+
+/// Sends `data` as stdin frames of at most [`MAX_DATA_CHUNK`] bytes.
+fn send_stdin<W: Write + ?Sized>(w: &mut W, data: &[u8]) -> Result<(), ProtocolError> {
+    for chunk in data.chunks(MAX_DATA_CHUNK) {
+        send(w, &HostMessage::Stdin(chunk.to_vec()))?;
+    }
+    Ok(())
+}
+
+/// A connection to the agent, used for setup before the process runs.
+#[derive(Debug)]
+pub struct AgentClient<S> {
+    stream: S,
+}
+
+impl<S: Read + Write> AgentClient<S> {
+    pub fn new(stream: S) -> Self {
+        AgentClient { stream }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    /// Sends a request and reads its single reply; `Error` replies become
+    /// [`ProtocolError::Agent`].
+    fn call(&mut self, msg: &HostMessage) -> Result<AgentMessage, ProtocolError> {
+        send(&mut self.stream, msg)?;
+        match read_message(&mut self.stream)? {
+            AgentMessage::Error { message } => Err(ProtocolError::Agent(message)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Exchanges versions; must be the first call. Returns the agent's
+    /// version (always ours on success).
+    pub fn handshake(&mut self) -> Result<u32, ProtocolError> {
+        match self.call(&HostMessage::Hello {
+            version: PROTOCOL_VERSION,
+        })? {
+            AgentMessage::Hello { version } if version == PROTOCOL_VERSION => Ok(version),
+            AgentMessage::Hello { version } => Err(ProtocolError::VersionMismatch {
+                host: PROTOCOL_VERSION,
+                agent: version,
+            }),
+            other => Err(ProtocolError::Unexpected {
+                expected: "Hello",
+                got: describe(&other),
+            }),
+        }
+    }
+
+    /// Builds the container; on error nothing is left behind in the guest.
+    pub fn create(&mut self, spec: &ContainerSpec) -> Result<(), ProtocolError> {
+        match self.call(&HostMessage::CreateContainer {
+            spec: Box::new(spec.clone()),
+        })? {
+            AgentMessage::Created => Ok(()),
+            other => Err(ProtocolError::Unexpected {
+                expected: "Created",
+                got: describe(&other),
+            }),
+        }
+    }
+
+    /// Runs the created container's process; returns its pid in the guest.
+    pub fn start(&mut self) -> Result<u32, ProtocolError> {
+        match self.call(&HostMessage::Start)? {
+            AgentMessage::Started { pid } => Ok(pid),
+            other => Err(ProtocolError::Unexpected {
+                expected: "Started",
+                got: describe(&other),
+            }),
+        }
+    }
+
+    pub fn send_stdin(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+        send_stdin(&mut self.stream, data)
+    }
+
+    pub fn close_stdin(&mut self) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::CloseStdin)
+    }
+
+    pub fn signal(&mut self, signal: i32) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Signal { signal })
+    }
+
+    pub fn resize_tty(&mut self, rows: u16, cols: u16) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::ResizeTty { rows, cols })
+    }
+
+    /// Requests the exit status; it arrives as [`Event::Exit`].
+    pub fn wait(&mut self) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Wait)
+    }
+
+    pub fn next_event(&mut self) -> Result<Event, ProtocolError> {
+        next_event(&mut self.stream)
+    }
+
+    /// Asks the agent to power the VM off, skipping any output still in
+    /// flight, and waits for its acknowledgement.
+    pub fn shutdown(&mut self) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Shutdown)?;
+        loop {
+            match self.next_event()? {
+                Event::ShuttingDown => return Ok(()),
+                Event::Error(message) => return Err(ProtocolError::Agent(message)),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl<S: Read + Write + TryClone> AgentClient<S> {
+    /// Splits the connection so one thread can feed stdin while another
+    /// reads output.
+    pub fn split(self) -> io::Result<(AgentWriter<S>, AgentReader<S>)> {
+        let reader = self.stream.try_clone()?;
+        Ok((
+            AgentWriter {
+                stream: self.stream,
+            },
+            AgentReader { stream: reader },
+        ))
+    }
+}
+
+/// The sending half of a split connection.
+#[derive(Debug)]
+pub struct AgentWriter<W> {
+    stream: W,
+}
+
+impl<W: Write> AgentWriter<W> {
+    pub fn send_stdin(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+        send_stdin(&mut self.stream, data)
+    }
+
+    pub fn close_stdin(&mut self) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::CloseStdin)
+    }
+
+    pub fn signal(&mut self, signal: i32) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Signal { signal })
+    }
+
+    pub fn resize_tty(&mut self, rows: u16, cols: u16) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::ResizeTty { rows, cols })
+    }
+
+    /// Requests the exit status; it arrives on the reader as [`Event::Exit`].
+    pub fn wait(&mut self) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Wait)
+    }
+
+    /// Requests shutdown; the reader sees [`Event::ShuttingDown`].
+    pub fn shutdown(&mut self) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Shutdown)
+    }
+}
+
+/// The receiving half of a split connection.
+#[derive(Debug)]
+pub struct AgentReader<R> {
+    stream: R,
+}
+
+impl<R: Read> AgentReader<R> {
+    pub fn next_event(&mut self) -> Result<Event, ProtocolError> {
+        next_event(&mut self.stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::read_message;
+    use crate::message::Termination;
+    use crate::spec::ProcessSpec;
+    use std::thread;
+
+    /// Runs `agent` on the far end of a socket pair.
+    fn with_fake_agent(
+        agent: impl FnOnce(&mut UnixStream) + Send + 'static,
+    ) -> (AgentClient<UnixStream>, thread::JoinHandle<()>) {
+        let (host, mut far) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || agent(&mut far));
+        (AgentClient::new(host), t)
+    }
+
+    fn expect(far: &mut UnixStream) -> HostMessage {
+        read_message(far).unwrap()
+    }
+
+    fn reply(far: &mut UnixStream, m: AgentMessage) {
+        write_message(far, &m).unwrap();
+    }
+
+    #[test]
+    fn handshake_ok() {
+        let (mut c, t) = with_fake_agent(|far| {
+            assert_eq!(
+                expect(far),
+                HostMessage::Hello {
+                    version: PROTOCOL_VERSION
+                }
+            );
+            reply(
+                far,
+                AgentMessage::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            );
+        });
+        assert_eq!(c.handshake().unwrap(), PROTOCOL_VERSION);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn handshake_version_mismatch() {
+        let (mut c, t) = with_fake_agent(|far| {
+            expect(far);
+            reply(far, AgentMessage::Hello { version: 999 });
+        });
+        match c.handshake() {
+            Err(ProtocolError::VersionMismatch { host, agent }) => {
+                assert_eq!((host, agent), (PROTOCOL_VERSION, 999));
+            }
+            other => panic!("{other:?}"),
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn handshake_against_closed_agent() {
+        // The agent reads Hello and hangs up without a reply.
+        let (mut c, t) = with_fake_agent(|far| {
+            expect(far);
+        });
+        assert!(matches!(c.handshake(), Err(ProtocolError::Closed)));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn agent_errors_surface() {
+        let (mut c, t) = with_fake_agent(|far| {
+            expect(far);
+            reply(
+                far,
+                AgentMessage::Error {
+                    message: "no such device /dev/vda".into(),
+                },
+            );
+        });
+        let spec = ContainerSpec::new(ProcessSpec::new(vec!["true".into()]));
+        match c.create(&spec) {
+            Err(ProtocolError::Agent(m)) => assert!(m.contains("/dev/vda")),
+            other => panic!("{other:?}"),
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn split_halves_work_from_two_threads() {
+        let big = vec![b'x'; MAX_DATA_CHUNK * 2 + 5];
+        let expected = big.clone();
+        let (c, t) = with_fake_agent(move |far| {
+            let mut got = Vec::new();
+            loop {
+                match expect(far) {
+                    HostMessage::Stdin(d) => {
+                        assert!(d.len() <= MAX_DATA_CHUNK);
+                        reply(far, AgentMessage::Stdout(d.clone()));
+                        got.extend(d);
+                    }
+                    HostMessage::CloseStdin => {}
+                    HostMessage::Wait => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(got, expected);
+            reply(
+                far,
+                AgentMessage::Exit(ExitStatus {
+                    termination: Termination::Exited { code: 0 },
+                    oom_killed: false,
+                }),
+            );
+        });
+        let (mut w, mut r) = c.split().unwrap();
+        let writer = thread::spawn(move || {
+            w.send_stdin(&big).unwrap();
+            w.close_stdin().unwrap();
+            w.wait().unwrap();
+        });
+        let mut out = Vec::new();
+        let status = loop {
+            match r.next_event().unwrap() {
+                Event::Stdout(d) => out.extend(d),
+                Event::Exit(s) => break s,
+                other => panic!("{other:?}"),
+            }
+        };
+        writer.join().unwrap();
+        t.join().unwrap();
+        assert_eq!(out.len(), MAX_DATA_CHUNK * 2 + 5);
+        assert_eq!(status.code(), 0);
+    }
+
+    #[test]
+    fn unexpected_reply_is_an_error() {
+        let (mut c, t) = with_fake_agent(|far| {
+            expect(far);
+            reply(far, AgentMessage::Created);
+        });
+        assert!(matches!(
+            c.start(),
+            Err(ProtocolError::Unexpected {
+                expected: "Started",
+                ..
+            })
+        ));
+        t.join().unwrap();
+    }
+}

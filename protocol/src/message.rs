@@ -1,0 +1,259 @@
+//! The messages of both directions and their mapping onto frames.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProtocolError;
+use crate::frame::{encode_frame, kind};
+use crate::spec::ContainerSpec;
+
+/// A message type that can be put in a frame.
+pub trait Message: Sized {
+    /// Appends this message as one complete frame.
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError>;
+    /// Decodes a frame body (kind byte already split off).
+    fn decode(kind: u8, payload: &[u8]) -> Result<Self, ProtocolError>;
+}
+
+fn encode_json<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    encode_frame(out, kind::JSON, |buf| {
+        serde_json::to_writer(buf, msg).map_err(ProtocolError::Encode)
+    })
+}
+
+fn encode_data(frame_kind: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    encode_frame(out, frame_kind, |buf| {
+        buf.extend_from_slice(data);
+        Ok(())
+    })
+}
+
+fn decode_json<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(payload).map_err(ProtocolError::Malformed)
+}
+
+/// The error for a frame kind the receiving side does not accept.
+fn rejected_kind(frame_kind: u8) -> ProtocolError {
+    match frame_kind {
+        kind::JSON | kind::STDIN | kind::STDOUT | kind::STDERR => {
+            ProtocolError::WrongDirection(frame_kind)
+        }
+        other => ProtocolError::UnknownFrameKind(other),
+    }
+}
+
+/// Host -> agent.
+///
+/// Data variants are `#[serde(skip)]`: they always travel as raw data
+/// frames, never as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// First message of every connection. Its JSON shape must never change.
+    Hello { version: u32 },
+    /// Build the container (mounts, namespaces, cgroup) but do not run it.
+    CreateContainer { spec: Box<ContainerSpec> },
+    /// Run the created container's process.
+    Start,
+    /// Bytes for the process's stdin.
+    #[serde(skip)]
+    Stdin(Vec<u8>),
+    /// End of the process's stdin.
+    CloseStdin,
+    /// Send a signal to the container's process.
+    Signal { signal: i32 },
+    /// Set the terminal size (only meaningful with `terminal: true`).
+    ResizeTty { rows: u16, cols: u16 },
+    /// Ask for the exit status; answered with `Exit` once the process has
+    /// exited and all of its output has been sent.
+    Wait,
+    /// Stop everything and power the VM off.
+    Shutdown,
+}
+
+impl Message for HostMessage {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        match self {
+            HostMessage::Stdin(data) => encode_data(kind::STDIN, data, out),
+            other => encode_json(other, out),
+        }
+    }
+
+    fn decode(frame_kind: u8, payload: &[u8]) -> Result<Self, ProtocolError> {
+        match frame_kind {
+            kind::JSON => decode_json(payload),
+            kind::STDIN => Ok(HostMessage::Stdin(payload.to_vec())),
+            other => Err(rejected_kind(other)),
+        }
+    }
+}
+
+/// Agent -> host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// Reply to `Hello`, carrying the agent's own version.
+    Hello { version: u32 },
+    /// Reply to `CreateContainer`.
+    Created,
+    /// Reply to `Start`; `pid` is the process's pid as seen by the agent.
+    Started { pid: u32 },
+    /// Output of the process (with a terminal, all output comes here).
+    #[serde(skip)]
+    Stdout(Vec<u8>),
+    #[serde(skip)]
+    Stderr(Vec<u8>),
+    /// Reply to `Wait`.
+    Exit(ExitStatus),
+    /// Reply to `Shutdown`; the VM powers off right after.
+    ShuttingDown,
+    /// A request failed, or something went wrong asynchronously (e.g.
+    /// writing to the process's stdin).
+    Error { message: String },
+}
+
+impl Message for AgentMessage {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        match self {
+            AgentMessage::Stdout(data) => encode_data(kind::STDOUT, data, out),
+            AgentMessage::Stderr(data) => encode_data(kind::STDERR, data, out),
+            other => encode_json(other, out),
+        }
+    }
+
+    fn decode(frame_kind: u8, payload: &[u8]) -> Result<Self, ProtocolError> {
+        match frame_kind {
+            kind::JSON => decode_json(payload),
+            kind::STDOUT => Ok(AgentMessage::Stdout(payload.to_vec())),
+            kind::STDERR => Ok(AgentMessage::Stderr(payload.to_vec())),
+            other => Err(rejected_kind(other)),
+        }
+    }
+}
+
+/// How the container's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    #[serde(flatten)]
+    pub termination: Termination,
+    /// The container's cgroup recorded an OOM kill during the run.
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum Termination {
+    Exited { code: i32 },
+    Signaled { signal: i32 },
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the exit code, or 128 + signal.
+    pub fn code(&self) -> i32 {
+        match self.termination {
+            Termination::Exited { code } => code,
+            Termination::Signaled { signal } => 128 + signal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{read_message, write_message};
+    use crate::spec::{ContainerSpec, ProcessSpec};
+
+    fn round_trip<M: Message + PartialEq + std::fmt::Debug>(m: M) {
+        let mut wire = Vec::new();
+        write_message(&mut wire, &m).unwrap();
+        assert_eq!(read_message::<_, M>(&mut &wire[..]).unwrap(), m);
+    }
+
+    #[test]
+    fn every_host_message_round_trips() {
+        let spec = ContainerSpec::new(ProcessSpec::new(vec!["sh".into(), "-c".into()]));
+        for m in [
+            HostMessage::Hello { version: 1 },
+            HostMessage::CreateContainer {
+                spec: Box::new(spec),
+            },
+            HostMessage::Start,
+            HostMessage::Stdin(vec![0, 1, 255]),
+            HostMessage::CloseStdin,
+            HostMessage::Signal { signal: 2 },
+            HostMessage::ResizeTty { rows: 24, cols: 80 },
+            HostMessage::Wait,
+            HostMessage::Shutdown,
+        ] {
+            round_trip(m);
+        }
+    }
+
+    #[test]
+    fn every_agent_message_round_trips() {
+        for m in [
+            AgentMessage::Hello { version: 1 },
+            AgentMessage::Created,
+            AgentMessage::Started { pid: 42 },
+            AgentMessage::Stdout(b"out".to_vec()),
+            AgentMessage::Stderr(b"err".to_vec()),
+            AgentMessage::Exit(ExitStatus {
+                termination: Termination::Exited { code: 3 },
+                oom_killed: false,
+            }),
+            AgentMessage::Exit(ExitStatus {
+                termination: Termination::Signaled { signal: 9 },
+                oom_killed: true,
+            }),
+            AgentMessage::ShuttingDown,
+            AgentMessage::Error {
+                message: "boom".into(),
+            },
+        ] {
+            round_trip(m);
+        }
+    }
+
+    #[test]
+    fn hello_wire_format_is_stable() {
+        let mut wire = Vec::new();
+        write_message(&mut wire, &HostMessage::Hello { version: 1 }).unwrap();
+        assert_eq!(&wire[5..], br#"{"type":"hello","version":1}"#);
+    }
+
+    #[test]
+    fn exit_wire_format() {
+        let v = serde_json::to_value(AgentMessage::Exit(ExitStatus {
+            termination: Termination::Signaled { signal: 9 },
+            oom_killed: true,
+        }))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "exit", "how": "signaled", "signal": 9, "oom_killed": true})
+        );
+    }
+
+    #[test]
+    fn shell_style_codes() {
+        let exited = ExitStatus {
+            termination: Termination::Exited { code: 127 },
+            oom_killed: false,
+        };
+        assert_eq!(exited.code(), 127);
+        let killed = ExitStatus {
+            termination: Termination::Signaled { signal: 9 },
+            oom_killed: true,
+        };
+        assert_eq!(killed.code(), 137);
+    }
+
+    #[test]
+    fn agent_frames_are_not_host_frames() {
+        let mut wire = Vec::new();
+        write_message(&mut wire, &HostMessage::Stdin(b"x".to_vec())).unwrap();
+        assert!(matches!(
+            read_message::<_, AgentMessage>(&mut &wire[..]),
+            Err(ProtocolError::WrongDirection(kind::STDIN))
+        ));
+    }
+}

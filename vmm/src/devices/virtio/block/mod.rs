@@ -1,0 +1,9 @@
+//! virtio-blk backed by a raw image file (virtio 1.x section 5.2).
+
+mod device;
+mod disk;
+mod event_handler;
+pub mod request;
+
+pub use device::{Block, BLOCK_QUEUE_SIZE};
+pub use disk::{BlockError, DiskImage};

@@ -1,0 +1,239 @@
+//! The virtio side of vsock: moves packets between the guest's queues and
+//! the [`Muxer`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::Muxer;
+use super::packet::{TxHeader, HEADER_LEN, MAX_PKT_DATA};
+use crate::devices::virtio::device::{read_config_bytes, ActivateError, DeviceCore, VirtioDevice};
+use crate::devices::virtio::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::devices::virtio::interrupt::{IrqKind, IrqTrigger};
+use crate::devices::virtio::queue::{drain_queue, pop_chain, GuestChain};
+
+const VIRTIO_ID_VSOCK: u32 = 19;
+pub const VSOCK_QUEUE_SIZE: u16 = 256;
+pub const DEFAULT_GUEST_CID: u32 = 3;
+
+pub(super) const RXQ: usize = 0;
+pub(super) const TXQ: usize = 1;
+pub(super) const EVQ: usize = 2;
+
+/// Why a vsock device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest CID {0} is reserved: use 3 to 4294967294")]
+    InvalidCid(u32),
+    #[error("vsock socket path {} exists and is not a Unix socket", .path.display())]
+    NotASocket { path: PathBuf },
+    #[error("cannot remove stale vsock socket {}: {source}", .path.display())]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("cannot listen on vsock socket {}: {source}", .path.display())]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot set up virtio-vsock: {0}")]
+    Setup(#[source] io::Error),
+}
+
+/// A virtio-vsock device whose host side is a Unix socket.
+#[derive(Debug)]
+pub struct Vsock {
+    pub(super) core: DeviceCore,
+    pub(super) muxer: Muxer,
+    cid: u32,
+    config: [u8; 8],
+    pub(super) queue_events_registered: bool,
+}
+
+impl Vsock {
+    /// Gives the guest CID `cid` and listens for host connections on `uds_path`.
+    pub fn new(cid: u32, uds_path: impl AsRef<Path>) -> Result<Self, VsockError> {
+        if cid < 3 || cid == u32::MAX {
+            return Err(VsockError::InvalidCid(cid));
+        }
+        let core = DeviceCore::new(
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+            &[VSOCK_QUEUE_SIZE; 3],
+        )
+        .map_err(VsockError::Setup)?;
+        let muxer = Muxer::new(cid, uds_path.as_ref())?;
+        Ok(Self {
+            core,
+            muxer,
+            cid,
+            config: u64::from(cid).to_le_bytes(),
+            queue_events_registered: false,
+        })
+    }
+
+    pub fn cid(&self) -> u32 {
+        self.cid
+    }
+
+    pub fn uds_path(&self) -> &Path {
+        self.muxer.uds_path()
+    }
+
+    /// Live guest<->host streams.
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// Handles what the guest sent, then fills rx buffers with what is pending.
+    pub(super) fn process_tx(&mut self) {
+        let Some(mem) = self.core.mem.as_ref() else {
+            return;
+        };
+        let muxer = &mut self.muxer;
+        let queue = &mut self.core.queues[TXQ];
+        match drain_queue(queue, mem, |chain| {
+            send_to_muxer(muxer, mem, chain);
+            0
+        }) {
+            Ok(true) => signal(&self.core.irq),
+            Ok(false) => {}
+            Err(e) => log::error!("virtio-vsock: tx queue is broken: {e}"),
+        }
+    }
+
+    /// Moves pending packets into the guest's rx buffers while both exist.
+    pub(super) fn process_rx(&mut self) {
+        let Some(mem) = self.core.mem.as_ref() else {
+            return;
+        };
+        let queue = &mut self.core.queues[RXQ];
+        let guest_cid = u64::from(self.cid);
+        let mut used = false;
+        let mut rearmed = false;
+        while self.muxer.has_pending_rx() {
+            let chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    // Out of buffers: ask to be kicked when the guest adds one,
+                    // and look once more in case it just did.
+                    match queue.enable_notification(mem) {
+                        Ok(true) if !rearmed => {
+                            rearmed = true;
+                            continue;
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            log::error!("virtio-vsock: rx queue is broken: {e}");
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::error!("virtio-vsock: rx queue is broken: {e}");
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let Some(len) = fill_from_muxer(&mut self.muxer, mem, chain, guest_cid) else {
+                // Nothing could be produced after all: keep the buffer.
+                queue.go_to_previous_position();
+                break;
+            };
+            if let Err(e) = queue.add_used(mem, head, len) {
+                log::error!("virtio-vsock: cannot return rx buffer: {e}");
+                break;
+            }
+            used = true;
+        }
+        if used && queue.needs_notification(mem).unwrap_or(true) {
+            signal(&self.core.irq);
+        }
+    }
+}
+
+fn signal(irq: &IrqTrigger) {
+    if let Err(e) = irq.trigger(IrqKind::Vring) {
+        log::error!("virtio-vsock: cannot interrupt the guest: {e}");
+    }
+}
+
+fn send_to_muxer(muxer: &mut Muxer, mem: &GuestMemoryMmap, mut chain: GuestChain<'_>) {
+    match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+        Ok(pkt) => muxer.send_pkt(&TxHeader::from_packet(&pkt), pkt.data_slice()),
+        Err(e) => log::warn!("virtio-vsock: dropping malformed tx packet: {e}"),
+    }
+}
+
+/// Fills one rx chain; `None` if the muxer had nothing after all, otherwise
+/// the used length (0 for a chain too broken to hold a packet).
+fn fill_from_muxer(
+    muxer: &mut Muxer,
+    mem: &GuestMemoryMmap,
+    mut chain: GuestChain<'_>,
+    guest_cid: u64,
+) -> Option<u32> {
+    let mut pkt = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+        Ok(pkt) => pkt,
+        Err(e) => {
+            log::warn!("virtio-vsock: returning malformed rx buffer: {e}");
+            return Some(0);
+        }
+    };
+    let Some(data) = pkt.data_slice().copied() else {
+        log::warn!("virtio-vsock: returning rx buffer with no room for data");
+        return Some(0);
+    };
+    let header = muxer.recv_pkt(&data)?;
+    if let Err(e) = pkt.set_header_from_raw(&header.to_bytes(guest_cid)) {
+        log::error!("virtio-vsock: cannot write packet header: {e}");
+        return Some(0);
+    }
+    Some(HEADER_LEN + header.len)
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+    fn avail_features(&self) -> u64 {
+        self.core.avail_features
+    }
+    fn acked_features(&self) -> u64 {
+        self.core.acked_features
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.core.acked_features = features;
+    }
+    fn queues(&self) -> &[Queue] {
+        &self.core.queues
+    }
+    fn queues_mut(&mut self) -> &mut [Queue] {
+        &mut self.core.queues
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.core.queue_events
+    }
+    fn interrupt(&self) -> &IrqTrigger {
+        &self.core.irq
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        log::warn!("virtio-vsock: ignoring write to read-only config at {offset:#x}");
+    }
+    fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), ActivateError> {
+        self.core.activate(mem)
+    }
+    fn is_activated(&self) -> bool {
+        self.core.is_activated()
+    }
+    fn reset(&mut self) {
+        // Connections belong to the driver that just went away. A device
+        // that never ran (the reset every driver does while probing) keeps
+        // host connections still waiting for the guest.
+        if self.core.is_activated() {
+            self.muxer.reset();
+        }
+        self.core.reset();
+    }
+}
