@@ -1,6 +1,9 @@
 //! `bulkhead`: every container in its own microVM.
 
 mod boot;
+mod image;
+mod paths;
+mod run;
 
 use std::process::ExitCode;
 
@@ -19,20 +22,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command in a new container, in its own microVM.
+    Run(run::RunArgs),
+    /// Manage the local image store.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(image::VolumeCommand),
     /// Boot a kernel (and initrd) in a microVM; the serial console is stdio.
     Boot(boot::BootArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Boot(args) => boot::run(args),
-    };
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bulkhead: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Image(cmd) => report(image::run(cmd).map(|_| ExitCode::SUCCESS)),
+        Command::Volume(cmd) => report(image::run_volume(cmd).map(|_| ExitCode::SUCCESS)),
+        Command::Boot(args) => report(boot::run(args)),
     }
 }

@@ -1,0 +1,369 @@
+//! `bulkhead run`: a container from an OCI image, in its own microVM.
+//!
+//! image → root disk (cached by digest) → scratch and volume disks → boot
+//! (kernel + agent initramfs) → agent on vsock → container → stdio → exit
+//! status → VM off → the container's exit status is ours.
+
+mod options;
+mod session;
+mod signals;
+mod tty;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bulkhead_protocol::{
+    ContainerSpec, ProcessSpec, Resources, Source, Storage, TtySize, User, Volume,
+};
+use bulkhead_rootfs::{ImageRef, RunOverrides, Store};
+use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig};
+use clap::Args;
+
+use crate::paths;
+use options::{parse_cpus, parse_size, parse_volume, CPU_PERIOD_US};
+use session::Session;
+use vm::RunningVm;
+
+/// Guest RAM beyond the container's memory limit: kernel, agent, page cache.
+const VM_OVERHEAD_MIB: u64 = 64;
+const DEFAULT_VM_MIB: u64 = 128;
+const SCRATCH_MIB: u64 = 1024;
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Set an environment variable (NAME=value, or NAME to pass ours on).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// User (name|uid)[:(group|gid)] inside the container.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Container hostname.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Override the image's entrypoint ("" clears it).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPU limit, in CPUs (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Maximum number of processes.
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// Named volume NAME:/path[:ro] (an ext4 disk kept by bulkhead).
+    #[arg(short = 'v', long = "volume")]
+    volumes: Vec<String>,
+    /// Keep stdin open and forward it.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Accepted for Docker compatibility: bulkhead never keeps containers.
+    #[arg(long)]
+    rm: bool,
+    /// Print how long each phase took to stderr.
+    #[arg(long)]
+    timings: bool,
+    /// Image: NAME, oci:DIR[:TAG], docker-archive:FILE, dir:PATH.
+    image: String,
+    /// Command and arguments (default: the image's).
+    command: Vec<String>,
+}
+
+/// Phase timestamps of one run.
+struct Timings {
+    start: Instant,
+    marks: Vec<(&'static str, Instant)>,
+}
+
+impl Timings {
+    fn new() -> Self {
+        Timings {
+            start: Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        self.marks.push((phase, Instant::now()));
+    }
+
+    fn report(&self) {
+        let mut prev = self.start;
+        for (phase, at) in &self.marks {
+            eprintln!(
+                "bulkhead: timing: {phase:<16} {:>9.1} ms",
+                at.duration_since(prev).as_secs_f64() * 1e3
+            );
+            prev = *at;
+        }
+        eprintln!(
+            "bulkhead: timing: {:<16} {:>9.1} ms",
+            "total",
+            prev.duration_since(self.start).as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// A per-run directory for the scratch disk, vsock socket and console log;
+/// removed however the run ends.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn create() -> anyhow::Result<RunDir> {
+        let base = paths::root().join("run");
+        std::fs::create_dir_all(&base)
+            .with_context(|| format!("cannot create {}", base.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("c-")
+            .tempdir_in(&base)
+            .with_context(|| format!("cannot create a run directory in {}", base.display()))?;
+        Ok(RunDir(dir.keep()))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the container; errors of bulkhead itself exit 125, like Docker.
+pub fn run(args: RunArgs) -> ExitCode {
+    match run_container(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("bulkhead: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn run_container(args: RunArgs) -> anyhow::Result<u8> {
+    let router = signals::SignalRouter::install()?;
+    let mut timings = Timings::new();
+
+    // Everything that can be wrong with the request is checked before any
+    // disk is made or VM started.
+    let memory = args
+        .memory
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .context("invalid --memory")?;
+    let cpu_quota = args.cpus.as_deref().map(parse_cpus).transpose()?;
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(h) = &args.hostname {
+        if h.is_empty() || h.len() > 64 {
+            bail!("invalid --hostname {h:?}");
+        }
+    }
+    let kernel = paths::kernel()?;
+    let agent = paths::agent()?;
+
+    let store = Store::open(paths::root()).context("cannot open the image store")?;
+    let reference = ImageRef::parse(&args.image)
+        .with_context(|| format!("invalid image reference {:?}", args.image))?;
+    let image = store
+        .resolve(&reference)
+        .with_context(|| format!("cannot use image {}", args.image))?;
+    let process = bulkhead_rootfs::resolve_process(
+        &image.config,
+        &RunOverrides {
+            entrypoint: args.entrypoint.clone(),
+            args: args.command.clone(),
+            env: args.env.clone(),
+            working_dir: args.workdir.clone(),
+            user: args.user.clone(),
+        },
+    )?;
+    let user = bulkhead_rootfs::resolve_user(&image.rootfs, &process.user)
+        .with_context(|| format!("unable to find user {}", process.user))?;
+    let root_disk = store
+        .root_disk(&image)
+        .context("cannot make the image's root disk")?;
+    timings.mark("image");
+
+    let run_dir = RunDir::create()?;
+    let scratch = run_dir.0.join("scratch.ext4");
+    bulkhead_rootfs::scratch_disk(&scratch, SCRATCH_MIB).context("cannot make the scratch disk")?;
+    let mut disks = vec![
+        DiskConfig {
+            path: root_disk,
+            read_only: true,
+        },
+        DiskConfig {
+            path: scratch,
+            read_only: false,
+        },
+    ];
+    let mut spec_volumes = Vec::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let path = store
+            .ensure_volume(&v.name, None)
+            .with_context(|| format!("cannot create volume {}", v.name))?;
+        disks.push(DiskConfig {
+            path,
+            read_only: v.read_only,
+        });
+        spec_volumes.push(Volume {
+            source: Source::block_device(guest_disk(2 + i)?),
+            destination: v.destination.clone(),
+            read_only: v.read_only,
+        });
+    }
+    let initramfs = paths::agent_initramfs(&agent)?;
+    timings.mark("disks");
+
+    let mut process_spec = ProcessSpec::new(process.args);
+    process_spec.env = process.env;
+    process_spec.cwd = process.cwd;
+    process_spec.user = User::Id {
+        uid: user.uid,
+        gid: user.gid,
+        additional_gids: user.additional_gids,
+    };
+    process_spec.terminal = args.tty;
+    if args.tty {
+        process_spec.console_size = tty::size().map(|(rows, cols)| TtySize { rows, cols });
+    }
+    let hostname = args.hostname.clone().unwrap_or_else(|| run_id(&run_dir.0));
+    let spec = ContainerSpec {
+        process: process_spec,
+        hostname: Some(hostname),
+        resources: Resources {
+            memory_limit: memory,
+            pids_limit: args.pids_limit,
+            cpu_quota,
+            cpu_period: cpu_quota.map(|_| CPU_PERIOD_US),
+            ..Default::default()
+        },
+        storage: Storage {
+            lower: Source::block_device("/dev/vda"),
+            scratch: Some(Source::block_device("/dev/vdb")),
+            volumes: spec_volumes,
+        },
+    };
+    spec.validate().context("invalid container spec")?;
+
+    let uds = run_dir.0.join("vsock.sock");
+    let console_log = run_dir.0.join("console.log");
+    let mut config = VmConfig::new(kernel);
+    config.initrd = Some(initramfs);
+    config.mem_mib = memory
+        .map_or(DEFAULT_VM_MIB, |m| ((m as u64) >> 20) + VM_OVERHEAD_MIB)
+        .max(DEFAULT_VM_MIB);
+    config.console = ConsoleOutput::Writer(Box::new(
+        std::fs::File::create(&console_log)
+            .with_context(|| format!("cannot create {}", console_log.display()))?,
+    ));
+    config.disks = disks;
+    config.vsock = Some(VsockConfig {
+        cid: 3,
+        uds_path: uds.clone(),
+    });
+    let vm = RunningVm::start(config).context("cannot start the microVM")?;
+    router.set_vm(vm.stop_handle());
+    timings.mark("vm build");
+
+    let stream = match session::connect_agent(&uds, &vm) {
+        Ok(s) => s,
+        Err(e) => return Err(guest_failure(e, vm, &console_log)),
+    };
+    timings.mark("boot to agent");
+
+    let _raw = if args.tty {
+        tty::RawMode::enter()
+    } else {
+        None
+    };
+    let mut session = Session::start(stream, &spec)?;
+    timings.mark("container start");
+    let writer = session.writer();
+    router.set_container(writer.clone());
+    if args.interactive {
+        session::forward_stdin(writer);
+    } else if let Ok(mut w) = writer.lock() {
+        w.close_stdin()?;
+    }
+
+    let mut first_output = None;
+    let status = session.pump_output(|| first_output = Some(Instant::now()));
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return Err(guest_failure(e, vm, &console_log)),
+    };
+    timings.mark("run");
+    session.shutdown();
+    let ended = vm.finish(Duration::from_secs(10));
+    timings.mark("vm shutdown");
+    drop(_raw);
+
+    if let Err(e) = ended {
+        eprintln!("bulkhead: the microVM did not shut down cleanly: {e}");
+    }
+    if status.oom_killed {
+        eprintln!(
+            "bulkhead: the container was killed: out of memory (limit {})",
+            args.memory.as_deref().unwrap_or("none")
+        );
+    }
+    if args.timings {
+        if let Some(at) = first_output {
+            eprintln!(
+                "bulkhead: timing: first output after {:.1} ms",
+                at.duration_since(timings.start).as_secs_f64() * 1e3
+            );
+        }
+        timings.report();
+    }
+    Ok(status.code().clamp(0, 255) as u8)
+}
+
+/// /dev/vda, /dev/vdb, ... for the n-th disk.
+fn guest_disk(n: usize) -> anyhow::Result<String> {
+    if n >= 26 {
+        bail!("too many volumes (at most 24)");
+    }
+    Ok(format!("/dev/vd{}", (b'a' + n as u8) as char))
+}
+
+/// A 12-hex-digit container id from the run directory's random name.
+fn run_id(dir: &Path) -> String {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let digest = bulkhead_rootfs::Digest::of(name.as_bytes());
+    digest.hex()[..12].to_string()
+}
+
+/// Explains a VM that died or an agent that never answered, with the end
+/// of the guest console (where the kernel says why).
+fn guest_failure(e: anyhow::Error, vm: RunningVm, console_log: &Path) -> anyhow::Error {
+    let ended = vm.finish(Duration::from_millis(500));
+    let tail = session::console_tail(console_log, 15);
+    let mut msg = format!("{e:#}");
+    if let Err(vm_err) = ended {
+        msg.push_str(&format!(": {vm_err}"));
+    }
+    if !tail.trim().is_empty() {
+        msg.push_str("\nguest console (last lines):\n");
+        msg.push_str(&tail);
+    }
+    anyhow::anyhow!(msg)
+}

@@ -1,0 +1,181 @@
+//! Talking to the guest agent: reaching it through the hybrid vsock socket,
+//! sending the container, and pumping stdio until the process exits.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bulkhead_protocol::{
+    AgentClient, AgentWriter, ContainerSpec, Event, ExitStatus, AGENT_VSOCK_PORT,
+};
+
+use super::vm::RunningVm;
+
+/// How long the guest may take from KVM_RUN to a listening agent. Boots on
+/// PVM hosts take tens of seconds; on real hosts, well under one.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Opens a stream to the agent's vsock port through the VMM's Unix socket,
+/// retrying while the guest boots. Fails early if the VM ends.
+pub fn connect_agent(uds: &Path, vm: &RunningVm) -> anyhow::Result<UnixStream> {
+    let deadline = Instant::now() + AGENT_TIMEOUT;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if vm.has_ended() {
+            bail!("the microVM stopped before its agent came up");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the guest agent did not answer within {}s",
+                AGENT_TIMEOUT.as_secs()
+            );
+        }
+        if let Some(stream) = try_connect(uds)? {
+            return Ok(stream);
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// One hybrid-vsock CONNECT; `None` while nobody listens in the guest.
+fn try_connect(uds: &Path) -> anyhow::Result<Option<UnixStream>> {
+    let mut stream = match UnixStream::connect(uds) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", uds.display())),
+    };
+    stream.write_all(format!("CONNECT {AGENT_VSOCK_PORT}\n").as_bytes())?;
+    // The answer is one short line; read it byte by byte so nothing of
+    // the agent's stream is swallowed by a buffer.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < 64 => line.push(byte[0]),
+            Ok(_) => bail!("garbled answer from the vsock device"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+            Err(e) => return Err(e).context("reading the vsock CONNECT answer"),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Ok(None);
+    }
+    Ok(Some(stream))
+}
+
+/// The running container, as far as the host is concerned.
+pub struct Session {
+    writer: Arc<Mutex<AgentWriter<UnixStream>>>,
+    reader: bulkhead_protocol::AgentReader<UnixStream>,
+}
+
+impl Session {
+    /// Handshake, create, start. Returns once the process runs.
+    pub fn start(stream: UnixStream, spec: &ContainerSpec) -> anyhow::Result<Session> {
+        let mut client = AgentClient::new(stream);
+        client.handshake().context("agent handshake failed")?;
+        client.create(spec).context("cannot create the container")?;
+        client.start().context("cannot start the container")?;
+        client.wait()?;
+        let (writer, reader) = client.split()?;
+        Ok(Session {
+            writer: Arc::new(Mutex::new(writer)),
+            reader,
+        })
+    }
+
+    /// A handle other threads use to send stdin and signals.
+    pub fn writer(&self) -> Arc<Mutex<AgentWriter<UnixStream>>> {
+        self.writer.clone()
+    }
+
+    /// Copies output to our stdout/stderr until the process exits; calls
+    /// `on_output` at the first byte of output.
+    pub fn pump_output(&mut self, mut on_output: impl FnMut()) -> anyhow::Result<ExitStatus> {
+        let mut stdout = std::io::stdout().lock();
+        let mut stderr = std::io::stderr();
+        let mut seen_output = false;
+        loop {
+            let event = self
+                .reader
+                .next_event()
+                .context("lost the connection to the guest agent")?;
+            match &event {
+                Event::Stdout(data) | Event::Stderr(data) => {
+                    if !seen_output && !data.is_empty() {
+                        seen_output = true;
+                        on_output();
+                    }
+                    write_event(&mut stdout, &mut stderr, &event, data);
+                }
+                Event::Exit(status) => return Ok(*status),
+                Event::Error(message) => eprintln!("bulkhead: agent: {message}"),
+                Event::ShuttingDown => {
+                    bail!("the guest agent shut down before the container exited")
+                }
+            }
+        }
+    }
+
+    /// Asks the agent to power the VM off.
+    pub fn shutdown(self) {
+        if let Ok(mut w) = self.writer.lock() {
+            let _ = w.shutdown();
+        }
+    }
+}
+
+fn write_event(stdout: &mut impl Write, stderr: &mut impl Write, event: &Event, data: &[u8]) {
+    // A closed stdout (e.g. `| head`) must not abort the container.
+    let _ = match event {
+        Event::Stderr(_) => stderr.write_all(data).and_then(|_| stderr.flush()),
+        _ => stdout.write_all(data).and_then(|_| stdout.flush()),
+    };
+}
+
+/// Forwards our stdin to the container until EOF, then closes its stdin.
+pub fn forward_stdin(writer: Arc<Mutex<AgentWriter<UnixStream>>>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let sent = writer
+                        .lock()
+                        .map(|mut w| w.send_stdin(&buf[..n]).is_ok())
+                        .unwrap_or(false);
+                    if !sent {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Ok(mut w) = writer.lock() {
+            let _ = w.close_stdin();
+        }
+    });
+}
+
+/// Reads the tail of the guest console log, for error reports.
+pub fn console_tail(path: &Path, lines: usize) -> String {
+    let Ok(file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,79 @@
+//! SIGINT/SIGTERM/SIGHUP/SIGQUIT to `bulkhead run` go to the container (as
+//! `docker run` does), or stop the VM while there is no container yet.
+//! The signals are blocked in every thread and taken by one sigwait thread.
+
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use bulkhead_protocol::AgentWriter;
+use bulkhead_vmm::vmm::StopHandle;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+#[derive(Default)]
+struct Targets {
+    vm: Option<StopHandle>,
+    container: Option<Arc<Mutex<AgentWriter<UnixStream>>>>,
+}
+
+#[derive(Clone, Default)]
+pub struct SignalRouter(Arc<Mutex<Targets>>);
+
+fn forwarded() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+impl SignalRouter {
+    /// Blocks the forwarded signals in this thread (and so in every thread
+    /// started after) and starts the thread that routes them. Call first.
+    pub fn install() -> anyhow::Result<SignalRouter> {
+        let set = forwarded();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        let router = SignalRouter::default();
+        let r = router.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let Ok(sig) = set.wait() else { continue };
+                r.route(sig);
+            })?;
+        Ok(router)
+    }
+
+    fn route(&self, sig: Signal) {
+        let targets = match self.0.lock() {
+            Ok(t) => t,
+            Err(e) => e.into_inner(),
+        };
+        if let Some(w) = &targets.container {
+            if let Ok(mut w) = w.lock() {
+                if w.signal(sig as i32).is_ok() {
+                    return;
+                }
+            }
+        }
+        if let Some(vm) = &targets.vm {
+            vm.stop();
+        }
+    }
+
+    pub fn set_vm(&self, vm: StopHandle) {
+        if let Ok(mut t) = self.0.lock() {
+            t.vm = Some(vm);
+        }
+    }
+
+    pub fn set_container(&self, writer: Arc<Mutex<AgentWriter<UnixStream>>>) {
+        if let Ok(mut t) = self.0.lock() {
+            t.container = Some(writer);
+        }
+    }
+}

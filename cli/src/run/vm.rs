@@ -1,0 +1,66 @@
+//! The container's microVM, run by the VMM library on its own thread while
+//! the CLI talks to the agent.
+
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bulkhead_vmm::config::VmConfig;
+use bulkhead_vmm::vmm::{RunError, StopHandle, VmExit};
+
+pub struct RunningVm {
+    thread: Option<JoinHandle<Result<VmExit, RunError>>>,
+    stop: StopHandle,
+}
+
+impl RunningVm {
+    /// Builds the VM and starts its vCPUs.
+    pub fn start(config: VmConfig) -> anyhow::Result<RunningVm> {
+        let vmm = bulkhead_vmm::builder::build(config)?;
+        let stop = vmm.stop_handle();
+        let thread = std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || vmm.run())?;
+        Ok(RunningVm {
+            thread: Some(thread),
+            stop,
+        })
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    pub fn has_ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits up to `grace` for the guest to power off by itself, then stops
+    /// it. Returns how the VM ended.
+    pub fn finish(mut self, grace: Duration) -> Result<VmExit, RunError> {
+        let deadline = Instant::now() + grace;
+        while !self.has_ended() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.has_ended() {
+            self.stop.stop();
+        }
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<VmExit, RunError> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) | None => Ok(VmExit::Stopped),
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    /// A VM never outlives the command that started it.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop.stop();
+            let _ = self.join();
+        }
+    }
+}
