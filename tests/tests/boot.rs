@@ -61,7 +61,7 @@ fn boots_with_two_vcpus() {
         "--vcpus",
         "2",
         "--cmdline",
-        "loglevel=6",
+        "loglevel=7",
     ]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(

@@ -183,9 +183,13 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     mptable::setup_mptable(&mem, config.vcpus)?;
 
     install_kick_handler()?;
-    let base_cpuid = kvm
+    let mut base_cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(VmError::Cpuid)?;
+    if config.pvm_compat.enabled() {
+        // Hypercalls never complete under PVM's emulator; see the function.
+        crate::arch::x86_64::cpuid::hide_hypercall_features(&mut base_cpuid);
+    }
     let mut vcpus = Vec::with_capacity(config.vcpus as usize);
     for id in 0..config.vcpus {
         let vcpu = Vcpu::new(

@@ -21,6 +21,8 @@ use crate::devices::bus::Bus;
 pub enum VcpuError {
     #[error("cannot create vCPU {0}: {1}")]
     Create(u8, kvm_ioctls::Error),
+    #[error("cannot build the CPUID of vCPU {0}: {1}")]
+    CpuidTable(u8, cpuid::CpuidError),
     #[error("cannot set CPUID of vCPU {0}: {1}")]
     Cpuid(u8, kvm_ioctls::Error),
     #[error("cannot set MSRs of vCPU {0}: {1}")]
@@ -161,7 +163,7 @@ impl Vcpu {
             .create_vcpu(u64::from(id))
             .map_err(|e| VcpuError::Create(id, e))?;
         let mut cpuid = base_cpuid.clone();
-        cpuid::patch_cpuid(&mut cpuid, id, count);
+        cpuid::patch_cpuid(&mut cpuid, id, count).map_err(|e| VcpuError::CpuidTable(id, e))?;
         fd.set_cpuid2(&cpuid).map_err(|e| VcpuError::Cpuid(id, e))?;
         let set = msr::setup_msrs(&fd).map_err(|e| VcpuError::Msrs(id, e))?;
         if set < msr::boot_msr_entries().len() {
@@ -314,5 +316,115 @@ impl VcpuHandle {
 
     pub fn join(self) {
         let _ = self.handle.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE};
+    use kvm_ioctls::Kvm;
+
+    use super::*;
+    use crate::vstate::memory::create_guest_memory;
+    use crate::vstate::vm::create_vm;
+
+    const CODE_START: u64 = 0x10_0000;
+    const RESULT_PORT: u16 = 0x10;
+
+    /// 64-bit guest code that runs CPUID for each (leaf, sub-leaf) and
+    /// writes EAX, EBX, ECX, EDX to RESULT_PORT, then spins.
+    fn cpuid_probe(queries: &[(u32, u32)]) -> Vec<u8> {
+        let mut code = Vec::new();
+        for (leaf, index) in queries {
+            code.push(0xb8); // mov eax, imm32
+            code.extend_from_slice(&leaf.to_le_bytes());
+            code.push(0xb9); // mov ecx, imm32
+            code.extend_from_slice(&index.to_le_bytes());
+            code.extend_from_slice(&[0x0f, 0xa2]); // cpuid
+            code.extend_from_slice(&[0x89, 0xd6]); // mov esi, edx
+            code.push(0xba); // mov edx, imm32
+            code.extend_from_slice(&u32::from(RESULT_PORT).to_le_bytes());
+            code.push(0xef); // out dx, eax
+            code.extend_from_slice(&[0x89, 0xd8, 0xef]); // mov eax, ebx; out
+            code.extend_from_slice(&[0x89, 0xc8, 0xef]); // mov eax, ecx; out
+            code.extend_from_slice(&[0x89, 0xf0, 0xef]); // mov eax, esi; out
+        }
+        code.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+        code
+    }
+
+    /// Runs `queries` on vCPU `id` of `count`, set up the way the builder
+    /// sets up vCPUs on this host; None without KVM.
+    fn guest_cpuid(id: u8, count: u8, queries: &[(u32, u32)]) -> Option<Vec<[u32; 4]>> {
+        let kvm = match Kvm::new() {
+            Ok(kvm) => kvm,
+            Err(e) => {
+                eprintln!("skipping: no KVM ({e})");
+                return None;
+            }
+        };
+        let mem = create_guest_memory(4 << 20).unwrap();
+        let vm = create_vm(&kvm, &mem).unwrap();
+        let mut base = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        cpuid::hide_hypercall_features(&mut base);
+        mem.write_slice(&cpuid_probe(queries), GuestAddress(CODE_START))
+            .unwrap();
+        let mut vcpu = Vcpu::new(&vm, id, count, &base, mem, Bus::new(), Bus::new()).unwrap();
+        vcpu.setup_boot_entry(CODE_START).unwrap();
+        // Secondary vCPUs wait for INIT/SIPI; start this one directly.
+        vcpu.fd
+            .set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .unwrap();
+        let mut words = Vec::new();
+        while words.len() < queries.len() * 4 {
+            match vcpu.fd.run() {
+                Ok(VcpuExit::IoOut(RESULT_PORT, data)) => {
+                    words.push(u32::from_le_bytes(data.try_into().unwrap()));
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Ok(VcpuExit::InternalError) => panic!("{}", vcpu.internal_error()),
+                other => panic!("unexpected exit: {other:?}"),
+            }
+        }
+        Some(words.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
+    }
+
+    /// The guest sees our CPUID, not the host's: the second vCPU reports
+    /// its own APIC ID, a core level that puts both vCPUs in one package,
+    /// and no hypercall-based paravirtual features.
+    #[test]
+    fn second_vcpu_sees_its_topology_and_no_hypercall_features() {
+        let queries = [
+            (0, 0),
+            (1, 0),
+            (0xb, 0),
+            (0xb, 1),
+            (0xb, 2),
+            (0x4000_0001, 0),
+        ];
+        let Some(r) = guest_cpuid(1, 2, &queries) else {
+            return;
+        };
+        let max_leaf = r[0][0];
+        assert_eq!(r[1][1] >> 24, 1, "leaf 1 APIC ID");
+        if max_leaf >= 0xb {
+            assert_eq!(r[2][3], 1, "x2APIC ID");
+            assert_eq!((r[2][2] >> 8) & 0xff, 1, "sub-leaf 0 is the SMT level");
+            assert_eq!((r[3][2] >> 8) & 0xff, 2, "sub-leaf 1 is the core level");
+            assert_eq!(r[3][1] & 0xffff, 2, "two vCPUs in the package");
+            assert_eq!(r[2][3] >> (r[3][0] & 0x1f), 0, "package ID");
+            assert_eq!((r[4][2] >> 8) & 0xff, 0, "sub-leaf 2 ends the list");
+        }
+        let pv_unhalt_ipi_yield = (1 << 7) | (1 << 11) | (1 << 13);
+        assert_eq!(
+            r[5][0] & pv_unhalt_ipi_yield,
+            0,
+            "KVM features {:#x}",
+            r[5][0]
+        );
     }
 }
