@@ -12,4 +12,9 @@ cargo build --release --quiet -p bulkhead >&2
 echo "[build] static guest agent" >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
     -p bulkhead-agent --target x86_64-unknown-linux-gnu >&2
+# Install the guest kernel and agent where `bulkhead run` looks for them.
+home=${BULKHEAD_ROOT:-/var/lib/bulkhead}
+mkdir -p "$home"
+ln -sfn "$kernel" "$home/vmlinux"
+install -m 0755 target/x86_64-unknown-linux-gnu/release/bulkhead-agent "$home/bulkhead-agent"
 echo "$kernel"
