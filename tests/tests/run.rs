@@ -9,7 +9,11 @@ use bulkhead_tests::{tempdir, Root, Run};
 use serde_json::json;
 
 fn assert_clean(root: &Root, run: &Run) {
-    assert!(root.leftover_runs().is_empty(), "run state left behind: {:?}\n{run:?}", root.leftover_runs());
+    assert!(
+        root.leftover_runs().is_empty(),
+        "run state left behind: {:?}\n{run:?}",
+        root.leftover_runs()
+    );
     assert!(!run.stderr.contains("panicked"), "{run:?}");
 }
 
@@ -31,8 +35,25 @@ fn busybox_process_options_limits_and_exit_code() {
         exit 3
     "#;
     let run = root.bulkhead(&[
-        "run", "--hostname", "box1", "-e", "FOO=bar baz", "-w", "/tmp", "-u", "nobody", "-m", "64m",
-        "--pids-limit", "20", "--cpus", "0.5", "busybox", "sh", "-c", script,
+        "run",
+        "--hostname",
+        "box1",
+        "-e",
+        "FOO=bar baz",
+        "-w",
+        "/tmp",
+        "-u",
+        "nobody",
+        "-m",
+        "64m",
+        "--pids-limit",
+        "20",
+        "--cpus",
+        "0.5",
+        "busybox",
+        "sh",
+        "-c",
+        script,
     ]);
     assert_eq!(run.code, Some(3), "{run:?}");
     let out = &run.stdout;
@@ -60,7 +81,12 @@ fn oci_image_config_defaults_overrides_and_whiteouts() {
     let work = tempdir();
     let layers = vec![
         busybox_layer(),
-        vec![file("srv/keep", b"kept\n", 0o644), file("srv/gone", b"x", 0o644), dir("srv/opaque"), file("srv/opaque/old", b"x", 0o644)],
+        vec![
+            file("srv/keep", b"kept\n", 0o644),
+            file("srv/gone", b"x", 0o644),
+            dir("srv/opaque"),
+            file("srv/opaque/old", b"x", 0o644),
+        ],
         vec![
             whiteout("srv/gone"),
             dir("srv/opaque"),
@@ -81,15 +107,36 @@ fn oci_image_config_defaults_overrides_and_whiteouts() {
     // One VM with the image's defaults.
     let run = root.bulkhead(&["run", &image]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(run.stdout.contains("default-cmd cwd=/srv user=1000 greeting=hi\n"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("default-cmd cwd=/srv user=1000 greeting=hi\n"),
+        "{run:?}"
+    );
     assert!(run.stdout.contains("keep\n"), "{run:?}");
-    assert!(!run.stdout.contains("gone"), "whiteout not applied: {run:?}");
-    assert!(run.stdout.contains("new\n") && !run.stdout.contains("old\n"), "opaque dir not applied: {run:?}");
+    assert!(
+        !run.stdout.contains("gone"),
+        "whiteout not applied: {run:?}"
+    );
+    assert!(
+        run.stdout.contains("new\n") && !run.stdout.contains("old\n"),
+        "opaque dir not applied: {run:?}"
+    );
 
     // One VM with everything overridden, Docker's way: args replace Cmd,
     // --entrypoint replaces Entrypoint (and drops Cmd), -e wins over Env.
     let run = root.bulkhead(&[
-        "run", "--entrypoint", "/bin/echo", "-e", "GREETING=bye", "-u", "0", "-w", "/", &image, "over", "ridden",
+        "run",
+        "--entrypoint",
+        "/bin/echo",
+        "-e",
+        "GREETING=bye",
+        "-u",
+        "0",
+        "-w",
+        "/",
+        &image,
+        "over",
+        "ridden",
     ]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stdout.trim_end(), "over ridden", "{run:?}");
@@ -99,9 +146,25 @@ fn oci_image_config_defaults_overrides_and_whiteouts() {
 #[test]
 fn named_volume_persists_across_runs() {
     let root = Root::new();
-    let run = root.bulkhead(&["run", "-v", "data:/data", "busybox", "sh", "-c", "echo persisted > /data/f; echo written"]);
+    let run = root.bulkhead(&[
+        "run",
+        "-v",
+        "data:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo persisted > /data/f; echo written",
+    ]);
     assert_eq!(run.code, Some(0), "{run:?}");
-    let run = root.bulkhead(&["run", "-v", "data:/data:ro", "busybox", "sh", "-c", "cat /data/f; echo x > /data/g || echo read-only"]);
+    let run = root.bulkhead(&[
+        "run",
+        "-v",
+        "data:/data:ro",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/f; echo x > /data/g || echo read-only",
+    ]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stdout.contains("persisted\n"), "{run:?}");
     assert!(run.stdout.contains("read-only\n"), "{run:?}");
@@ -116,8 +179,14 @@ fn named_volume_persists_across_runs() {
 #[test]
 fn stdin_is_piped_with_dash_i() {
     let root = Root::new();
-    let input: Vec<u8> = (0..20000).map(|i| format!("line {i}\n")).collect::<String>().into_bytes();
-    let run = root.bulkhead_with_stdin(&["run", "-i", "busybox", "sh", "-c", "wc -l; echo done"], &input);
+    let input: Vec<u8> = (0..20000)
+        .map(|i| format!("line {i}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let run = root.bulkhead_with_stdin(
+        &["run", "-i", "busybox", "sh", "-c", "wc -l; echo done"],
+        &input,
+    );
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stdout.contains("20000\ndone\n"), "{run:?}");
     assert_clean(&root, &run);
@@ -127,7 +196,11 @@ fn stdin_is_piped_with_dash_i() {
 fn sigterm_goes_to_the_container() {
     let root = Root::new();
     let mut child = root.spawn(&[
-        "run", "busybox", "sh", "-c", "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 1; done",
+        "run",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 1; done",
     ]);
     // Signal only once the container itself says it is up.
     let stdout = child.stdout.take().unwrap();
@@ -135,7 +208,10 @@ fn sigterm_goes_to_the_container() {
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut out = String::new();
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line == "ready" {
                 let _ = ready_tx.send(());
             }
@@ -171,8 +247,18 @@ fn command_not_found_is_127_and_not_executable_is_126() {
 #[test]
 fn oom_kill_is_137_with_a_message() {
     let root = Root::new();
-    // One 64 MiB buffer filled by a single read: the memory limit stops it.
-    let run = root.bulkhead(&["run", "-m", "32m", "busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    // One 48 MiB buffer filled by a single read: the memory limit stops it.
+    let run = root.bulkhead(&[
+        "run",
+        "-m",
+        "16m",
+        "busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=48M",
+        "count=1",
+    ]);
     assert_eq!(run.code, Some(137), "{run:?}");
     assert!(run.stderr.contains("out of memory"), "{run:?}");
     assert_clean(&root, &run);
@@ -187,13 +273,26 @@ fn bad_images_and_options_fail_before_any_vm() {
     assert_eq!(run.code, Some(125), "{run:?}");
     assert!(run.stderr.contains("no-such-image"), "{run:?}");
 
-    let run = root.bulkhead(&["run", &format!("oci:{}", work.path().join("missing").display()), "true"]);
+    let run = root.bulkhead(&[
+        "run",
+        &format!("oci:{}", work.path().join("missing").display()),
+        "true",
+    ]);
     assert_eq!(run.code, Some(125), "{run:?}");
 
     // A layout whose layer blob was tampered with.
-    let layout = write_layout(&work.path().join("bad"), &[busybox_layer()], json!({"Cmd": ["true"]}), "t");
+    let layout = write_layout(
+        &work.path().join("bad"),
+        &[busybox_layer()],
+        json!({"Cmd": ["true"]}),
+        "t",
+    );
     let blobs = layout.join("blobs/sha256");
-    let biggest = std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().path()).max_by_key(|p| p.metadata().unwrap().len()).unwrap();
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| p.metadata().unwrap().len())
+        .unwrap();
     let mut data = std::fs::read(&biggest).unwrap();
     data[1000] ^= 0xff;
     std::fs::write(&biggest, data).unwrap();
@@ -219,8 +318,18 @@ fn bad_images_and_options_fail_before_any_vm() {
 fn image_import_ls_rm() {
     let root = Root::new();
     let work = tempdir();
-    let layout = write_layout(&work.path().join("l"), &[busybox_layer()], json!({"Cmd": ["sh"]}), "latest");
-    let run = root.bulkhead(&["image", "import", &format!("oci:{}", layout.display()), "mine"]);
+    let layout = write_layout(
+        &work.path().join("l"),
+        &[busybox_layer()],
+        json!({"Cmd": ["sh"]}),
+        "latest",
+    );
+    let run = root.bulkhead(&[
+        "image",
+        "import",
+        &format!("oci:{}", layout.display()),
+        "mine",
+    ]);
     assert_eq!(run.code, Some(0), "{run:?}");
     let ls = root.bulkhead(&["image", "ls"]);
     assert!(ls.stdout.lines().any(|l| l.starts_with("mine ")), "{ls:?}");
