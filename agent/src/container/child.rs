@@ -29,7 +29,8 @@ use super::channel;
 use super::fsops::{apply_all, FsOp, FsOpError};
 use super::namespaces::loopback_up;
 use super::process::{
-    apply_rlimits, complete_env, env_value, exec, switch_user, ProcessError, DEFAULT_PATH,
+    apply_rlimits, complete_env, env_value, exec, inherit_tunables, switch_user, ProcessError,
+    DEFAULT_PATH, GLIBC_TUNABLES,
 };
 use super::rootfs::{enter, make_private, PivotError};
 use super::user::{resolve, ResolvedUser, UserError};
@@ -148,12 +149,13 @@ fn setup(ctx: &ChildContext<'_>) -> Result<Prepared, ChildError> {
     let user = resolve(&process.user, &passwd, &group)?;
     let capabilities = capability_sets(process.capabilities.as_deref(), user.uid)?;
 
-    let env = complete_env(
+    let mut env = complete_env(
         &process.env,
         user.home.as_deref(),
         spec.hostname.as_deref(),
         process.terminal,
     );
+    inherit_tunables(&mut env, std::env::var(GLIBC_TUNABLES).ok());
     let path_var = env_value(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
     let env = to_cstrings(&env, "process.env")?;
     let args = to_cstrings(&process.args, "process.args")?;

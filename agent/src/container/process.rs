@@ -63,6 +63,20 @@ pub fn complete_env(
     out
 }
 
+/// The variable through which the VMM masks CPU features for glibc.
+pub const GLIBC_TUNABLES: &str = "GLIBC_TUNABLES";
+
+/// Passes the agent's own `GLIBC_TUNABLES` (set by the VMM on the kernel
+/// command line) on to the container unless the spec sets it. On PVM hosts
+/// the guest kernel cannot save AVX state (no XSAVE under the emulator)
+/// while guest user code still sees AVX; masking it keeps glibc's string
+/// functions from using registers that leak across context switches.
+pub fn inherit_tunables(env: &mut Vec<String>, agent_value: Option<String>) {
+    if let Some(v) = agent_value.filter(|_| !has_var(env, GLIBC_TUNABLES)) {
+        env.push(format!("{GLIBC_TUNABLES}={v}"));
+    }
+}
+
 /// The value of `key` in a `KEY=value` list.
 pub fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
     env.iter()
@@ -205,6 +219,19 @@ pub fn exec(args: &[CString], env: &[CString], path_var: &str) -> ExecFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunables_are_inherited_unless_set() {
+        let mut env = vec!["A=1".to_string()];
+        inherit_tunables(&mut env, Some("glibc.cpu.hwcaps=-AVX".into()));
+        assert_eq!(env, ["A=1", "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX"]);
+        let mut env = vec!["GLIBC_TUNABLES=mine".to_string()];
+        inherit_tunables(&mut env, Some("glibc.cpu.hwcaps=-AVX".into()));
+        assert_eq!(env, ["GLIBC_TUNABLES=mine"]);
+        let mut env = vec![];
+        inherit_tunables(&mut env, None);
+        assert!(env.is_empty());
+    }
 
     #[test]
     fn env_gets_docker_defaults() {

@@ -13,6 +13,15 @@ const PVM_CMDLINE: &str = include_str!("../../../guest-kernel-config/pvm-cmdline
 /// text read-only splits huge pages and costs hundreds of emulated faults.
 const PVM_SPEED_CMDLINE: &str = "rodata=off";
 
+/// Guest user code runs natively and sees the host's AVX through CPUID, but
+/// the guest kernel runs without XSAVE (the emulator cannot execute it) and
+/// so does not switch AVX register state between processes: glibc's AVX
+/// string functions then corrupt each other's data. The kernel hands
+/// unknown `KEY=value` parameters to init as environment; the agent passes
+/// this one on to containers. Programs with their own AVX code (not glibc's
+/// string functions) are not covered: that needs XSAVE in the guest.
+const PVM_GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX_Fast_Unaligned_Load,-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4";
+
 /// Whether to add the PVM compatibility command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PvmCompat {
@@ -40,7 +49,12 @@ impl PvmCompat {
 
 /// The parameters added on PVM hosts.
 pub fn compat_cmdline() -> String {
-    format!("{} {}", PVM_CMDLINE.trim(), PVM_SPEED_CMDLINE)
+    format!(
+        "{} {} {}",
+        PVM_CMDLINE.trim(),
+        PVM_SPEED_CMDLINE,
+        PVM_GLIBC_TUNABLES
+    )
 }
 
 #[cfg(test)]
@@ -54,6 +68,9 @@ mod tests {
         assert!(line.contains("clearcpuid="));
         assert!(line.split_whitespace().any(|w| w == "pvm_syscall_fault"));
         assert!(!line.contains('\n'));
+        assert!(
+            line.contains("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX_Fast_Unaligned_Load,-AVX,-AVX2,")
+        );
     }
 
     #[test]
