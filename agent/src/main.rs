@@ -5,6 +5,7 @@
 //! With `--no-init --listen-unix PATH` the same logic runs as an ordinary
 //! process on a host, which is how it is tested.
 
+mod clock;
 mod config;
 mod container;
 mod init;
@@ -24,6 +25,8 @@ use crate::server::Server;
 use crate::transport::Listener;
 
 fn main() -> ExitCode {
+    // First thing: the moment the kernel handed over to /init.
+    let started_at = clock::boottime_ns();
     let config = match Config::from_args(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(ConfigError::Help) => {
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = run(&config);
+    let result = run(&config, started_at);
     if config.init {
         if let Err(e) = result {
             agent_log!("fatal: {e}");
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+fn run(config: &Config, started_at: u64) -> Result<(), Box<dyn std::error::Error>> {
     if config.init {
         init::install_panic_hook();
         init::setup()?;
@@ -75,10 +78,13 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let reaper = Reaper::new()?;
     let listener = Listener::bind(&config.listen)?;
     init::announce_ready();
+    let ready_at = clock::boottime_ns();
     let settings = Settings {
         state_dir: config.state_dir.clone(),
         cgroup_root: config.cgroup_root.clone(),
     };
-    Server::new(listener, reaper, settings).run();
+    Server::new(listener, reaper, settings)
+        .with_boot_times(started_at, ready_at)
+        .run();
     Ok(())
 }

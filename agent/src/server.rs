@@ -7,7 +7,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use bulkhead_protocol::{
-    write_message, AgentMessage, FrameDecoder, HostMessage, ProtocolError, PROTOCOL_VERSION,
+    write_message, AgentMessage, FrameDecoder, GuestTimes, HostMessage, ProtocolError,
+    PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -35,6 +36,8 @@ pub struct Server {
     reaper: Reaper,
     settings: Settings,
     next_id: u64,
+    /// The agent's start and ready times, by the guest clock.
+    boot_times: Option<(u64, u64)>,
 }
 
 /// How a connection ended.
@@ -50,7 +53,15 @@ impl Server {
             reaper,
             settings,
             next_id: 0,
+            boot_times: None,
         }
+    }
+
+    /// Reports `started` and `ready` (CLOCK_BOOTTIME ns) with every
+    /// `Started` reply, so the host can time the guest's boot phases.
+    pub fn with_boot_times(mut self, started: u64, ready: u64) -> Server {
+        self.boot_times = Some((started, ready));
+        self
     }
 
     /// Serves connections until one asks for shutdown.
@@ -356,9 +367,17 @@ impl Session {
             HostMessage::Start => match &mut self.container {
                 None => self.error("no container to start")?,
                 Some(c) => match c.start() {
-                    Ok(pid) => self.send(&AgentMessage::Started {
-                        pid: pid.as_raw() as u32,
-                    })?,
+                    Ok(pid) => {
+                        let times = server.boot_times.map(|(start, ready)| GuestTimes {
+                            agent_start_ns: start,
+                            agent_ready_ns: ready,
+                            started_ns: crate::clock::boottime_ns(),
+                        });
+                        self.send(&AgentMessage::Started {
+                            pid: pid.as_raw() as u32,
+                            times,
+                        })?
+                    }
                     Err(e) => {
                         // A half-started container is of no further use.
                         if let Some(c) = self.container.take() {

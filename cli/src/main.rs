@@ -1,5 +1,6 @@
 //! `bulkhead`: every container in its own microVM.
 
+mod bench;
 mod boot;
 mod image;
 mod paths;
@@ -32,6 +33,8 @@ enum Command {
     Volume(image::VolumeCommand),
     /// Boot a kernel (and initrd) in a microVM; the serial console is stdio.
     Boot(boot::BootArgs),
+    /// Measure microVM start-up next to plain containers and Firecracker.
+    Bench(bench::BenchArgs),
 }
 
 fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
@@ -51,5 +54,6 @@ fn main() -> ExitCode {
         Command::Image(cmd) => report(image::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Volume(cmd) => report(image::run_volume(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Boot(args) => report(boot::run(args)),
+        Command::Bench(args) => report(bench::run(args)),
     }
 }

@@ -41,7 +41,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::error::ProtocolError;
 use crate::frame::{read_message, write_message, MAX_DATA_CHUNK};
-use crate::message::{AgentMessage, ExitStatus, HostMessage};
+use crate::message::{AgentMessage, ExitStatus, GuestTimes, HostMessage};
 use crate::spec::ContainerSpec;
 use crate::PROTOCOL_VERSION;
 
@@ -175,8 +175,14 @@ impl<S: Read + Write> AgentClient<S> {
 
     /// Runs the created container's process; returns its pid in the guest.
     pub fn start(&mut self) -> Result<u32, ProtocolError> {
+        self.start_timed().map(|(pid, _)| pid)
+    }
+
+    /// Like [`start`](Self::start), also returning the agent's milestones
+    /// when the agent reports them.
+    pub fn start_timed(&mut self) -> Result<(u32, Option<GuestTimes>), ProtocolError> {
         match self.call(&HostMessage::Start)? {
-            AgentMessage::Started { pid } => Ok(pid),
+            AgentMessage::Started { pid, times } => Ok((pid, times)),
             other => Err(ProtocolError::Unexpected {
                 expected: "Started",
                 got: describe(&other),
@@ -340,6 +346,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn start_reports_the_agent_times_when_sent() {
+        let times = GuestTimes {
+            agent_start_ns: 5,
+            agent_ready_ns: 6,
+            started_ns: 7,
+        };
+        let (mut c, t) = with_fake_agent(move |far| {
+            assert_eq!(expect(far), HostMessage::Start);
+            reply(
+                far,
+                AgentMessage::Started {
+                    pid: 3,
+                    times: Some(times),
+                },
+            );
+            assert_eq!(expect(far), HostMessage::Start);
+            reply(
+                far,
+                AgentMessage::Started {
+                    pid: 4,
+                    times: None,
+                },
+            );
+        });
+        assert_eq!(c.start_timed().unwrap(), (3, Some(times)));
+        assert_eq!(c.start().unwrap(), 4);
         t.join().unwrap();
     }
 

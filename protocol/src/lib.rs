@@ -9,7 +9,8 @@
 //! 1. host `Hello { version }` -> agent `Hello { version }` (the agent closes
 //!    the connection after its reply if the versions differ);
 //! 2. `CreateContainer { spec }` -> `Created`;
-//! 3. `Start` -> `Started { pid }`; from here on the agent streams
+//! 3. `Start` -> `Started { pid, times }` (`times`: the agent's boot
+//!    milestones, optional); from here on the agent streams
 //!    `Stdout`/`Stderr` frames and the host may send `Stdin`, `CloseStdin`,
 //!    `Signal`, `ResizeTty` (no replies; failures come back as `Error`);
 //! 4. `Wait` -> `Exit(status)`, sent once the process has exited and all of
@@ -27,7 +28,7 @@ pub mod spec;
 pub use client::{AgentClient, AgentReader, AgentWriter, Event, TryClone};
 pub use error::ProtocolError;
 pub use frame::{read_message, write_message, FrameDecoder, MAX_DATA_CHUNK, MAX_FRAME_LEN};
-pub use message::{AgentMessage, ExitStatus, HostMessage, Message, Termination};
+pub use message::{AgentMessage, ExitStatus, GuestTimes, HostMessage, Message, Termination};
 pub use spec::{
     ContainerSpec, ProcessSpec, Resources, Rlimit, RlimitKind, Source, SpecError, Storage, TtySize,
     User, Volume,

@@ -96,7 +96,14 @@ pub enum AgentMessage {
     /// Reply to `CreateContainer`.
     Created,
     /// Reply to `Start`; `pid` is the process's pid as seen by the agent.
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+        /// When the agent came up and started the process, by the guest's
+        /// clock. Optional so that agents and hosts of protocol version 1
+        /// without it still understand each other.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        times: Option<GuestTimes>,
+    },
     /// Output of the process (with a terminal, all output comes here).
     #[serde(skip)]
     Stdout(Vec<u8>),
@@ -128,6 +135,20 @@ impl Message for AgentMessage {
             other => Err(rejected_kind(other)),
         }
     }
+}
+
+/// Agent milestones, in nanoseconds of the guest's CLOCK_BOOTTIME (which
+/// starts near guest boot and runs on kvm-clock). The host maps them onto
+/// its own clock: `started_ns` is read just before the `Started` reply is
+/// sent, so the reply's arrival anchors the guest clock on the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestTimes {
+    /// The agent's `main` began: the kernel had reached `/init`.
+    pub agent_start_ns: u64,
+    /// The agent listened on vsock and printed its ready marker.
+    pub agent_ready_ns: u64,
+    /// The container's process had been started.
+    pub started_ns: u64,
 }
 
 /// How the container's process ended.
@@ -193,7 +214,18 @@ mod tests {
         for m in [
             AgentMessage::Hello { version: 1 },
             AgentMessage::Created,
-            AgentMessage::Started { pid: 42 },
+            AgentMessage::Started {
+                pid: 42,
+                times: None,
+            },
+            AgentMessage::Started {
+                pid: 42,
+                times: Some(GuestTimes {
+                    agent_start_ns: 1,
+                    agent_ready_ns: 2,
+                    started_ns: u64::MAX,
+                }),
+            },
             AgentMessage::Stdout(b"out".to_vec()),
             AgentMessage::Stderr(b"err".to_vec()),
             AgentMessage::Exit(ExitStatus {
@@ -231,6 +263,40 @@ mod tests {
             v,
             serde_json::json!({"type": "exit", "how": "signaled", "signal": 9, "oom_killed": true})
         );
+    }
+
+    #[test]
+    fn started_without_times_is_version_1_compatible() {
+        // What an agent from before `times` existed sends.
+        let old: AgentMessage = serde_json::from_str(r#"{"type":"started","pid":7}"#).unwrap();
+        assert_eq!(
+            old,
+            AgentMessage::Started {
+                pid: 7,
+                times: None
+            }
+        );
+        // And a host from before ignores the field it does not know.
+        let v = serde_json::to_value(AgentMessage::Started {
+            pid: 7,
+            times: Some(GuestTimes {
+                agent_start_ns: 10,
+                agent_ready_ns: 20,
+                started_ns: 30,
+            }),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "started", "pid": 7, "times":
+                {"agent_start_ns": 10, "agent_ready_ns": 20, "started_ns": 30}})
+        );
+        let no_times = serde_json::to_value(AgentMessage::Started {
+            pid: 7,
+            times: None,
+        })
+        .unwrap();
+        assert_eq!(no_times, serde_json::json!({"type": "started", "pid": 7}));
     }
 
     #[test]

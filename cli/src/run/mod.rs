@@ -5,6 +5,7 @@
 //! status → VM off → the container's exit status is ours.
 
 mod options;
+pub mod record;
 mod session;
 mod signals;
 mod tty;
@@ -74,6 +75,10 @@ pub struct RunArgs {
     /// Print how long each phase took to stderr.
     #[arg(long)]
     timings: bool,
+    /// Write phase timestamps, guest milestones and VMM memory as JSON
+    /// (for `bulkhead bench`).
+    #[arg(long, hide = true, value_name = "FILE")]
+    timings_json: Option<PathBuf>,
     /// Image: NAME, oci:DIR[:TAG], docker-archive:FILE, dir:PATH.
     image: String,
     /// Command and arguments (default: the image's).
@@ -96,6 +101,26 @@ impl Timings {
 
     fn mark(&mut self, phase: &'static str) {
         self.marks.push((phase, Instant::now()));
+    }
+
+    fn record(
+        &self,
+        run_started: Option<Instant>,
+        guest: Option<(bulkhead_protocol::GuestTimes, Instant)>,
+        memory: Option<record::MemorySample>,
+    ) -> record::RunRecord {
+        record::RunRecord {
+            start_ns: record::instant_ns(self.start),
+            marks: self
+                .marks
+                .iter()
+                .map(|(name, at)| (name.to_string(), record::instant_ns(*at)))
+                .collect(),
+            first_kvm_run_ns: run_started.map(record::instant_ns),
+            guest: guest.map(|(g, _)| g),
+            started_reply_ns: guest.map(|(_, at)| record::instant_ns(at)),
+            memory,
+        }
     }
 
     fn report(&self) {
@@ -196,7 +221,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     let root_disk = store
         .root_disk(&image)
         .context("cannot make the image's root disk")?;
-    timings.mark("image");
+    timings.mark(record::mark::IMAGE);
 
     let run_dir = RunDir::create()?;
     let scratch = run_dir.0.join("scratch.ext4");
@@ -216,9 +241,11 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         let path = store
             .ensure_volume(&v.name, None)
             .with_context(|| format!("cannot create volume {}", v.name))?;
+        // Read-write even for `:ro`: ext4 may have to replay its journal
+        // when mounted; the agent mounts it read-only for the container.
         disks.push(DiskConfig {
             path,
-            read_only: v.read_only,
+            read_only: false,
         });
         spec_volumes.push(Volume {
             source: Source::block_device(guest_disk(2 + i)?),
@@ -227,7 +254,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         });
     }
     let initramfs = paths::agent_initramfs(&agent)?;
-    timings.mark("disks");
+    timings.mark(record::mark::DISKS);
 
     let mut process_spec = ProcessSpec::new(process.args);
     process_spec.env = process.env;
@@ -276,15 +303,16 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         cid: 3,
         uds_path: uds.clone(),
     });
+    let guest_mib = config.mem_mib;
     let vm = RunningVm::start(config).context("cannot start the microVM")?;
     router.set_vm(vm.stop_handle());
-    timings.mark("vm build");
+    timings.mark(record::mark::VM_BUILD);
 
     let stream = match session::connect_agent(&uds, &vm) {
         Ok(s) => s,
         Err(e) => return Err(guest_failure(e, vm, &console_log)),
     };
-    timings.mark("boot to agent");
+    timings.mark(record::mark::AGENT_CONNECTED);
 
     let _raw = if args.tty {
         tty::RawMode::enter()
@@ -292,7 +320,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         None
     };
     let mut session = Session::start(stream, &spec)?;
-    timings.mark("container start");
+    timings.mark(record::mark::CONTAINER_STARTED);
     let writer = session.writer();
     router.set_container(writer.clone());
     if args.interactive {
@@ -307,10 +335,18 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         Ok(s) => s,
         Err(e) => return Err(guest_failure(e, vm, &console_log)),
     };
-    timings.mark("run");
+    timings.mark(record::mark::EXITED);
+    // While the guest still holds all it touched.
+    let memory = args.timings_json.as_ref().and_then(|_| {
+        crate::bench::smaps::sample_vmm(None, guest_mib)
+            .map_err(|e| eprintln!("bulkhead: cannot sample the VMM's memory: {e}"))
+            .ok()
+    });
+    let guest_times = session.guest_times();
+    let run_started = vm.run_started();
     session.shutdown();
     let ended = vm.finish(Duration::from_secs(10));
-    timings.mark("vm shutdown");
+    timings.mark(record::mark::VM_GONE);
     drop(_raw);
 
     if let Err(e) = ended {
@@ -330,6 +366,12 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
             );
         }
         timings.report();
+    }
+    if let Some(path) = &args.timings_json {
+        let record = timings.record(run_started, guest_times, memory);
+        if let Err(e) = record.write(path) {
+            eprintln!("bulkhead: {e:#}");
+        }
     }
     Ok(status.code().clamp(0, 255) as u8)
 }

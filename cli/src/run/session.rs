@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bulkhead_protocol::{
-    AgentClient, AgentWriter, ContainerSpec, Event, ExitStatus, AGENT_VSOCK_PORT,
+    AgentClient, AgentWriter, ContainerSpec, Event, ExitStatus, GuestTimes, AGENT_VSOCK_PORT,
 };
 
 use super::vm::RunningVm;
@@ -80,6 +80,8 @@ fn try_connect(uds: &Path) -> anyhow::Result<Option<UnixStream>> {
 pub struct Session {
     writer: Arc<Mutex<AgentWriter<UnixStream>>>,
     reader: bulkhead_protocol::AgentReader<UnixStream>,
+    /// The agent's milestones and when its `Started` reply arrived.
+    guest_times: Option<(GuestTimes, Instant)>,
 }
 
 impl Session {
@@ -88,13 +90,21 @@ impl Session {
         let mut client = AgentClient::new(stream);
         client.handshake().context("agent handshake failed")?;
         client.create(spec).context("cannot create the container")?;
-        client.start().context("cannot start the container")?;
+        let (_, times) = client.start_timed().context("cannot start the container")?;
+        let guest_times = times.map(|t| (t, Instant::now()));
         client.wait()?;
         let (writer, reader) = client.split()?;
         Ok(Session {
             writer: Arc::new(Mutex::new(writer)),
             reader,
+            guest_times,
         })
+    }
+
+    /// The agent's boot milestones (guest clock) and the host instant its
+    /// `Started` reply arrived, if the agent reports them.
+    pub fn guest_times(&self) -> Option<(GuestTimes, Instant)> {
+        self.guest_times
     }
 
     /// A handle other threads use to send stdin and signals.

@@ -1,6 +1,7 @@
 //! The container's microVM, run by the VMM library on its own thread while
 //! the CLI talks to the agent.
 
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use bulkhead_vmm::vmm::{RunError, StopHandle, VmExit};
 pub struct RunningVm {
     thread: Option<JoinHandle<Result<VmExit, RunError>>>,
     stop: StopHandle,
+    /// When the VMM thread started the vCPUs.
+    run_started: Arc<OnceLock<Instant>>,
 }
 
 impl RunningVm {
@@ -17,13 +20,25 @@ impl RunningVm {
     pub fn start(config: VmConfig) -> anyhow::Result<RunningVm> {
         let vmm = bulkhead_vmm::builder::build(config)?;
         let stop = vmm.stop_handle();
+        let run_started = Arc::new(OnceLock::new());
+        let started = run_started.clone();
         let thread = std::thread::Builder::new()
             .name("vmm".into())
-            .spawn(move || vmm.run())?;
+            .spawn(move || {
+                let _ = started.set(Instant::now());
+                vmm.run()
+            })?;
         Ok(RunningVm {
             thread: Some(thread),
             stop,
+            run_started,
         })
+    }
+
+    /// When the vCPUs were started: their first KVM_RUN follows within
+    /// microseconds.
+    pub fn run_started(&self) -> Option<Instant> {
+        self.run_started.get().copied()
     }
 
     pub fn stop_handle(&self) -> StopHandle {
