@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod elf;
+pub mod oci;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -135,3 +136,164 @@ pub fn bulkhead_cmd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
 pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
+
+/// A `bulkhead` running in the background, for tests that talk to the guest
+/// while it runs. Dropping it kills the VMM, so a failed test leaves no VM.
+pub struct Spawned {
+    child: Option<std::process::Child>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+/// Starts `bulkhead ARGS` with stdin from /dev/null, collecting its output.
+pub fn spawn_bulkhead<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Spawned {
+    let mut child = Command::new(bulkhead_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bulkhead");
+    // Drained by threads: a full pipe would stall the VMM's console.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    Spawned {
+        child: Some(child),
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+    }
+}
+
+impl Spawned {
+    /// Waits up to `timeout` for bulkhead to exit, killing it after that
+    /// (the `Run` then has no exit code).
+    pub fn wait_timeout(mut self, timeout: std::time::Duration) -> Run {
+        let mut child = self.child.take().unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for bulkhead") {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait for killed bulkhead");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        Run::from_output(Output {
+            status,
+            stdout: self.stdout.take().unwrap().join().unwrap_or_default(),
+            stderr: self.stderr.take().unwrap().join().unwrap_or_default(),
+        })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Makes an ext4 image of `size_mib` MiB at `out` holding the tree `src`.
+pub fn mkfs_ext4(src: &Path, out: &Path, size_mib: u64) {
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(src)
+        .arg(out)
+        .arg(format!("{size_mib}M"))
+        // It announces creating the file on stdout even with -q.
+        .stdout(Stdio::null())
+        .status()
+        .expect("run mkfs.ext4");
+    assert!(status.success(), "mkfs.ext4 -d {} failed", src.display());
+}
+
+/// A private bulkhead root (image store, volumes, run dirs) for one test.
+pub struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new() -> Root {
+        Root { dir: tempdir() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bulkhead_bin());
+        cmd.args(args)
+            .env("BULKHEAD_ROOT", self.path())
+            .env("BULKHEAD_KERNEL", kernel());
+        cmd
+    }
+
+    /// Runs `bulkhead ARGS` in this root with stdin from /dev/null.
+    pub fn bulkhead(&self, args: &[&str]) -> Run {
+        Run::from_output(
+            self.command(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run bulkhead"),
+        )
+    }
+
+    /// Runs `bulkhead ARGS` with `input` on stdin.
+    pub fn bulkhead_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run bulkhead");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        Run::from_output(out)
+    }
+
+    /// Starts `bulkhead ARGS` and returns the child, for signal tests.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run bulkhead")
+    }
+
+    /// Per-run state bulkhead left behind (must be none after a run).
+    pub fn leftover_runs(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.path().join("run")) {
+            Ok(d) => d.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root::new()
+    }
+}
+
+/// What the agent prints on the guest console once it listens.
+pub const AGENT_READY: &str = "bulkhead-agent: ready";

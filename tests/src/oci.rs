@@ -8,13 +8,26 @@ use sha2::{Digest, Sha256};
 
 /// One entry of a layer tarball.
 pub enum Entry {
-    File { path: String, data: Vec<u8>, mode: u32 },
-    Dir { path: String },
-    Symlink { path: String, target: String },
+    File {
+        path: String,
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Dir {
+        path: String,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
 }
 
 pub fn file(path: &str, data: &[u8], mode: u32) -> Entry {
-    Entry::File { path: path.into(), data: data.to_vec(), mode }
+    Entry::File {
+        path: path.into(),
+        data: data.to_vec(),
+        mode,
+    }
 }
 
 pub fn dir(path: &str) -> Entry {
@@ -22,7 +35,10 @@ pub fn dir(path: &str) -> Entry {
 }
 
 pub fn symlink(path: &str, target: &str) -> Entry {
-    Entry::Symlink { path: path.into(), target: target.into() }
+    Entry::Symlink {
+        path: path.into(),
+        target: target.into(),
+    }
 }
 
 /// Whiteout of `path` (a file or dir of a lower layer).
@@ -69,11 +85,17 @@ pub fn busybox_layer() -> Vec<Entry> {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
     let mut e = vec![dir("bin"), dir("etc"), dir("tmp"), dir("srv"), dir("root")];
     e.push(file("bin/busybox", &busybox, 0o755));
-    for applet in ["sh", "cat", "echo", "env", "id", "ls", "pwd", "test", "hostname", "sleep", "true", "false"] {
+    for applet in [
+        "sh", "cat", "echo", "env", "id", "ls", "pwd", "test", "hostname", "sleep", "true", "false",
+    ] {
         e.push(symlink(&format!("bin/{applet}"), "busybox"));
     }
     e.push(file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\napp:x:1000:1000:app:/srv:/bin/sh\n", 0o644));
-    e.push(file("etc/group", b"root:x:0:\nnogroup:x:65534:\napp:x:1000:\n", 0o644));
+    e.push(file(
+        "etc/group",
+        b"root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
+        0o644,
+    ));
     e
 }
 
@@ -83,7 +105,12 @@ fn sha256(data: &[u8]) -> String {
 
 /// Writes an OCI layout at `dir` with `layers` (bottom first) and the
 /// given image `config` section (Entrypoint, Cmd, ...), tagged `tag`.
-pub fn write_layout(dir: &Path, layers: &[Vec<Entry>], config: serde_json::Value, tag: &str) -> PathBuf {
+pub fn write_layout(
+    dir: &Path,
+    layers: &[Vec<Entry>],
+    config: serde_json::Value,
+    tag: &str,
+) -> PathBuf {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |data: &[u8]| {
