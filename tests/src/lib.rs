@@ -172,6 +172,14 @@ pub fn spawn_bulkhead<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Spawned {
 }
 
 impl Spawned {
+    /// Whether bulkhead is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     /// Waits up to `timeout` for bulkhead to exit, killing it after that
     /// (the `Run` then has no exit code).
     pub fn wait_timeout(mut self, timeout: std::time::Duration) -> Run {
