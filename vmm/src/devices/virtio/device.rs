@@ -27,29 +27,53 @@ pub enum ActivateError {
 pub trait VirtioDevice: Send {
     /// The virtio device ID (2 = block, 19 = vsock).
     fn device_type(&self) -> u32;
-    /// Every feature bit the device offers.
-    fn avail_features(&self) -> u64;
-    /// The feature bits the driver accepted.
-    fn acked_features(&self) -> u64;
-    /// Stores the driver's accepted features; the transport has already masked
-    /// them with [`VirtioDevice::avail_features`].
-    fn set_acked_features(&mut self, features: u64);
-    /// The device's queues; their count and max sizes are fixed at creation.
-    fn queues(&self) -> &[Queue];
-    fn queues_mut(&mut self) -> &mut [Queue];
-    /// One eventfd per queue, signalled when the driver notifies that queue.
-    fn queue_events(&self) -> &[EventFd];
-    /// The device's interrupt line.
-    fn interrupt(&self) -> &IrqTrigger;
+    /// The state every device shares; the methods below default to it.
+    fn core(&self) -> &DeviceCore;
+    fn core_mut(&mut self) -> &mut DeviceCore;
     /// Reads device configuration space at `offset`; bytes past its end read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device configuration space; read-only fields ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Every feature bit the device offers.
+    fn avail_features(&self) -> u64 {
+        self.core().avail_features
+    }
+    /// The feature bits the driver accepted.
+    fn acked_features(&self) -> u64 {
+        self.core().acked_features
+    }
+    /// Stores the driver's accepted features; the transport has already masked
+    /// them with [`VirtioDevice::avail_features`].
+    fn set_acked_features(&mut self, features: u64) {
+        self.core_mut().acked_features = features;
+    }
+    /// The device's queues; their count and max sizes are fixed at creation.
+    fn queues(&self) -> &[Queue] {
+        &self.core().queues
+    }
+    fn queues_mut(&mut self) -> &mut [Queue] {
+        &mut self.core_mut().queues
+    }
+    /// One eventfd per queue, signalled when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd] {
+        &self.core().queue_events
+    }
+    /// The device's interrupt line.
+    fn interrupt(&self) -> &IrqTrigger {
+        &self.core().irq
+    }
     /// Starts the device: the queues are configured and valid in `mem`.
-    fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), ActivateError>;
-    fn is_activated(&self) -> bool;
+    fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), ActivateError> {
+        self.core_mut().activate(mem)
+    }
+    fn is_activated(&self) -> bool {
+        self.core().is_activated()
+    }
     /// Returns the device to its pre-negotiation state (driver wrote status 0).
-    fn reset(&mut self);
+    fn reset(&mut self) {
+        self.core_mut().reset();
+    }
 }
 
 /// State every device carries: features, queues, their eventfds, the

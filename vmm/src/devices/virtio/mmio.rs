@@ -334,11 +334,10 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::device::{ActivateError, DeviceCore};
-    use crate::devices::virtio::interrupt::IrqTrigger;
+
     use crate::devices::virtio::test_utils::{guest_memory, mmio_read, mmio_write, GuestQueue};
-    use virtio_queue::Queue;
+
     use vm_memory::GuestAddress;
-    use vmm_sys_util::eventfd::EventFd;
 
     const DUMMY_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | 0x5;
 
@@ -361,29 +360,14 @@ mod tests {
     }
 
     impl VirtioDevice for Dummy {
+        fn core(&self) -> &DeviceCore {
+            &self.core
+        }
+        fn core_mut(&mut self) -> &mut DeviceCore {
+            &mut self.core
+        }
         fn device_type(&self) -> u32 {
             42
-        }
-        fn avail_features(&self) -> u64 {
-            self.core.avail_features
-        }
-        fn acked_features(&self) -> u64 {
-            self.core.acked_features
-        }
-        fn set_acked_features(&mut self, features: u64) {
-            self.core.acked_features = features;
-        }
-        fn queues(&self) -> &[Queue] {
-            &self.core.queues
-        }
-        fn queues_mut(&mut self) -> &mut [Queue] {
-            &mut self.core.queues
-        }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.core.queue_events
-        }
-        fn interrupt(&self) -> &IrqTrigger {
-            &self.core.irq
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::device::read_config_bytes(&self.config, offset, data);
@@ -397,9 +381,6 @@ mod tests {
         fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), ActivateError> {
             self.activations += 1;
             self.core.activate(mem)
-        }
-        fn is_activated(&self) -> bool {
-            self.core.is_activated()
         }
         fn reset(&mut self) {
             self.resets += 1;

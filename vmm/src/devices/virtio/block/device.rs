@@ -3,17 +3,15 @@
 
 use std::path::Path;
 
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::{BlockError, DiskImage};
 use super::request::{status, Request};
-use crate::devices::virtio::device::{read_config_bytes, ActivateError, DeviceCore, VirtioDevice};
+use crate::devices::virtio::device::{read_config_bytes, DeviceCore, VirtioDevice};
 use crate::devices::virtio::features::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use crate::devices::virtio::interrupt::{IrqKind, IrqTrigger};
+use crate::devices::virtio::interrupt::IrqKind;
 use crate::devices::virtio::queue::{drain_queue, GuestChain};
 
 const VIRTIO_ID_BLOCK: u32 = 2;
@@ -113,44 +111,20 @@ fn handle_chain(disk: &mut DiskImage, mem: &GuestMemoryMmap, chain: GuestChain<'
 }
 
 impl VirtioDevice for Block {
+    fn core(&self) -> &DeviceCore {
+        &self.core
+    }
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
+    }
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
-    }
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features
-    }
-    fn acked_features(&self) -> u64 {
-        self.core.acked_features
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.acked_features = features;
-    }
-    fn queues(&self) -> &[Queue] {
-        &self.core.queues
-    }
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.core.queues
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.core.queue_events
-    }
-    fn interrupt(&self) -> &IrqTrigger {
-        &self.core.irq
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
         log::warn!("virtio-blk: ignoring write to read-only config at {offset:#x}");
-    }
-    fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), ActivateError> {
-        self.core.activate(mem)
-    }
-    fn is_activated(&self) -> bool {
-        self.core.is_activated()
-    }
-    fn reset(&mut self) {
-        self.core.reset();
     }
 }
 

@@ -4,14 +4,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::Muxer;
 use super::packet::{TxHeader, HEADER_LEN, MAX_PKT_DATA};
-use crate::devices::virtio::device::{read_config_bytes, ActivateError, DeviceCore, VirtioDevice};
+use crate::devices::virtio::device::{read_config_bytes, DeviceCore, VirtioDevice};
 use crate::devices::virtio::features::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::devices::virtio::interrupt::{IrqKind, IrqTrigger};
 use crate::devices::virtio::queue::{drain_queue, pop_chain, GuestChain};
@@ -191,41 +190,20 @@ fn fill_from_muxer(
 }
 
 impl VirtioDevice for Vsock {
+    fn core(&self) -> &DeviceCore {
+        &self.core
+    }
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
+    }
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
-    }
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features
-    }
-    fn acked_features(&self) -> u64 {
-        self.core.acked_features
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.acked_features = features;
-    }
-    fn queues(&self) -> &[Queue] {
-        &self.core.queues
-    }
-    fn queues_mut(&mut self) -> &mut [Queue] {
-        &mut self.core.queues
-    }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.core.queue_events
-    }
-    fn interrupt(&self) -> &IrqTrigger {
-        &self.core.irq
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
         log::warn!("virtio-vsock: ignoring write to read-only config at {offset:#x}");
-    }
-    fn activate(&mut self, mem: GuestMemoryMmap) -> Result<(), ActivateError> {
-        self.core.activate(mem)
-    }
-    fn is_activated(&self) -> bool {
-        self.core.is_activated()
     }
     fn reset(&mut self) {
         // Connections belong to the driver that just went away. A device
