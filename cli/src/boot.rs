@@ -2,10 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use bulkhead_vmm::boot::pvm::PvmCompat;
-use bulkhead_vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB};
+use bulkhead_vmm::builder::RestoreConfig;
+use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB};
+use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
+
+use crate::template::ready::ReadyWatcher;
 use clap::{Args, ValueEnum};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -44,6 +49,40 @@ pub struct BootArgs {
     /// PVM host compatibility (feature masks, syscall fix): auto-detected by default.
     #[arg(long, value_enum, default_value_t = PvmMode::Auto)]
     pvm_compat: PvmMode,
+    /// Snapshot the VM into this directory (then end it) once the console
+    /// has printed the `--snapshot-when` text.
+    #[arg(long, requires = "snapshot_when", value_name = "DIR")]
+    snapshot_to: Option<PathBuf>,
+    /// Console text that triggers the snapshot.
+    #[arg(long, requires = "snapshot_to", value_name = "TEXT")]
+    snapshot_when: Option<String>,
+}
+
+/// `bulkhead restore`: continue a VM snapshotted by `boot --snapshot-to`.
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (holding `state` and `memory`).
+    snapshot: PathBuf,
+    /// Backing for the snapshot's block slots, in order; `,ro` for read-only.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<String>,
+    /// Host Unix socket for the restored vsock device.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID after restore.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u32,
+}
+
+/// The VMM's stdout as an unbuffered writer, so console bytes appear as
+/// the guest writes them.
+fn raw_stdout() -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stdout")?;
+    Ok(std::fs::File::from(fd))
 }
 
 pub fn parse_disk(spec: &str) -> anyhow::Result<DiskConfig> {
@@ -85,7 +124,57 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         cid: args.vsock_cid,
         uds_path,
     });
+    let (Some(dir), Some(when)) = (args.snapshot_to, args.snapshot_when) else {
+        let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
+        vmm.run().context("the VM failed")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    if dir.exists() {
+        anyhow::bail!("--snapshot-to {}: already exists", dir.display());
+    }
+    let handle: Arc<OnceLock<SnapshotHandle>> = Arc::new(OnceLock::new());
+    let trigger = handle.clone();
+    let target = dir.clone();
+    config.console = ConsoleOutput::Writer(Box::new(ReadyWatcher::new(
+        raw_stdout()?,
+        when.into_bytes(),
+        move || {
+            if let Some(h) = trigger.get() {
+                h.snapshot_to(target);
+            }
+        },
+    )));
     let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
+    let _ = handle.set(vmm.snapshot_handle());
+    match vmm.run() {
+        Ok(VmExit::Snapshotted) => {
+            eprintln!("bulkhead: snapshot written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(_) => anyhow::bail!("the VM ended before it printed the snapshot text"),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e).context("the VM failed")
+        }
+    }
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| parse_disk(d).map(Some))
+        .collect::<anyhow::Result<_>>()?;
+    let config = RestoreConfig {
+        snapshot_dir: args.snapshot,
+        console: ConsoleOutput::Stdout,
+        disks,
+        vsock: args.vsock_uds.map(|uds_path| VsockConfig {
+            cid: args.vsock_cid,
+            uds_path,
+        }),
+    };
+    let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;
     vmm.run().context("the VM failed")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ mod boot;
 mod image;
 mod paths;
 mod run;
+mod template;
 
 use std::process::ExitCode;
 
@@ -31,8 +32,13 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(image::VolumeCommand),
+    /// Manage the snapshots of booted guests that `run` restores.
+    #[command(subcommand)]
+    Template(template::command::TemplateCommand),
     /// Boot a kernel (and initrd) in a microVM; the serial console is stdio.
     Boot(boot::BootArgs),
+    /// Continue a VM from a snapshot made by `boot --snapshot-to`.
+    Restore(boot::RestoreArgs),
     /// Measure microVM start-up next to plain containers and Firecracker.
     Bench(bench::BenchArgs),
 }
@@ -53,7 +59,9 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Image(cmd) => report(image::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Volume(cmd) => report(image::run_volume(cmd).map(|_| ExitCode::SUCCESS)),
+        Command::Template(cmd) => report(template::command::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Boot(args) => report(boot::run(args)),
+        Command::Restore(args) => report(boot::restore(args)),
         Command::Bench(args) => report(bench::run(args)),
     }
 }

@@ -10,6 +10,12 @@ use std::sync::OnceLock;
 
 pub mod elf;
 pub mod oci;
+pub mod vsock;
+
+/// Whole boot plus the test's exchanges; a hang fails the test, not CI.
+/// Generous: a boot that takes ~25 s alone took 144 s next to two busy
+/// processes on our 2-core machines, and over 300 s under heavier load.
+pub const VM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -226,6 +232,15 @@ pub fn mkfs_ext4(src: &Path, out: &Path, size_mib: u64) {
     assert!(status.success(), "mkfs.ext4 -d {} failed", src.display());
 }
 
+/// Where every test's runs keep templates, so that one template (made by
+/// whichever run needs it first) serves the whole suite.
+pub fn shared_templates() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    target.join("e2e-templates")
+}
+
 /// A private bulkhead root (image store, volumes, run dirs) for one test.
 pub struct Root {
     dir: tempfile::TempDir,
@@ -244,7 +259,8 @@ impl Root {
         let mut cmd = Command::new(bulkhead_bin());
         cmd.args(args)
             .env("BULKHEAD_ROOT", self.path())
-            .env("BULKHEAD_KERNEL", kernel());
+            .env("BULKHEAD_KERNEL", kernel())
+            .env("BULKHEAD_TEMPLATES", shared_templates());
         cmd
     }
 

@@ -46,6 +46,9 @@ pub struct VmConfig {
     /// Forward the VMM's stdin to the serial console.
     pub console_input: bool,
     pub disks: Vec<DiskConfig>,
+    /// Block devices with no backing after `disks`: slots a snapshot of
+    /// this VM can be given files for at restore.
+    pub empty_disk_slots: usize,
     pub vsock: Option<VsockConfig>,
 }
 
@@ -61,6 +64,7 @@ impl VmConfig {
             console: ConsoleOutput::Stdout,
             console_input: false,
             disks: Vec::new(),
+            empty_disk_slots: 0,
             vsock: None,
         }
     }

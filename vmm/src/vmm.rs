@@ -2,6 +2,7 @@
 //! thread per vCPU, and the decision of how the VM ended.
 
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -13,8 +14,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::builder::Subscriber;
+use crate::builder::{Subscriber, VmDevices};
 use crate::devices::bus::lock;
+use crate::snapshot::{self, HostCpu, SnapshotError, SnapshotState};
+use crate::vstate::persist::{self as kvm_state, StateError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuStop};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,10 @@ pub enum RunError {
     Guest(VcpuStop),
     #[error("vCPU threads did not stop")]
     StuckVcpus,
+    #[error("cannot snapshot the VM: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot snapshot the VM: {0}")]
+    State(#[from] StateError),
 }
 
 /// How a VM ended without error.
@@ -37,14 +44,17 @@ pub enum VmExit {
     GuestShutdown,
     /// The VMM was asked to stop the VM.
     Stopped,
+    /// The VM was snapshotted as asked, then ended.
+    Snapshotted,
 }
 
 /// Watches the events that end a VM: the i8042 reset line, a vCPU that
-/// stopped for good, and an external stop request.
+/// stopped for good, an external stop request and a snapshot request.
 pub struct ExitWatch {
     reset: EventFd,
     vcpu_stopped: EventFd,
     stop_request: EventFd,
+    snapshot_request: Arc<SnapshotRequest>,
     ended: Option<Ending>,
 }
 
@@ -53,14 +63,36 @@ enum Ending {
     Reset,
     VcpuStopped,
     Requested,
+    Snapshot,
+}
+
+/// Where to write a snapshot, and the eventfd that asks for it.
+pub struct SnapshotRequest {
+    evt: EventFd,
+    dir: Mutex<Option<PathBuf>>,
+}
+
+impl SnapshotRequest {
+    pub fn new(evt: EventFd) -> Self {
+        SnapshotRequest {
+            evt,
+            dir: Mutex::new(None),
+        }
+    }
 }
 
 impl ExitWatch {
-    pub fn new(reset: EventFd, vcpu_stopped: EventFd, stop_request: EventFd) -> Self {
+    pub fn new(
+        reset: EventFd,
+        vcpu_stopped: EventFd,
+        stop_request: EventFd,
+        snapshot_request: Arc<SnapshotRequest>,
+    ) -> Self {
         ExitWatch {
             reset,
             vcpu_stopped,
             stop_request,
+            snapshot_request,
             ended: None,
         }
     }
@@ -68,7 +100,12 @@ impl ExitWatch {
 
 impl MutEventSubscriber for ExitWatch {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in [&self.reset, &self.vcpu_stopped, &self.stop_request] {
+        for evt in [
+            &self.reset,
+            &self.vcpu_stopped,
+            &self.stop_request,
+            &self.snapshot_request.evt,
+        ] {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
                 log::error!("cannot watch VM exit events: {e:?}");
             }
@@ -83,6 +120,9 @@ impl MutEventSubscriber for ExitWatch {
         } else if fd == self.vcpu_stopped.as_raw_fd() {
             let _ = self.vcpu_stopped.read();
             Ending::VcpuStopped
+        } else if fd == self.snapshot_request.evt.as_raw_fd() {
+            let _ = self.snapshot_request.evt.read();
+            Ending::Snapshot
         } else {
             let _ = self.stop_request.read();
             Ending::Requested
@@ -101,72 +141,132 @@ impl StopHandle {
     }
 }
 
-pub struct Vmm {
-    // Field order is drop order: vCPUs and devices go before the VM and
-    // memory they use.
-    event_manager: EventManager<Subscriber>,
-    vcpus: Vec<Vcpu>,
+/// Asks a running VM, from any thread, to snapshot itself into a
+/// directory and end; [`Vmm::run`] then returns [`VmExit::Snapshotted`].
+#[derive(Clone)]
+pub struct SnapshotHandle(Arc<SnapshotRequest>);
+
+impl SnapshotHandle {
+    pub fn snapshot_to(&self, dir: PathBuf) {
+        *self.0.dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+        let _ = self.0.evt.write(1);
+    }
+}
+
+/// The parts of a VM the run loop needs beside the vCPUs.
+pub(crate) struct VmParts {
+    pub kvm: Kvm,
+    pub vm: VmFd,
+    pub mem: GuestMemoryMmap,
+    pub event_manager: EventManager<Subscriber>,
+    pub devices: VmDevices,
+}
+
+/// How the vCPU threads report back.
+struct VcpuReports {
     stop: Arc<AtomicBool>,
     stopped_tx: Sender<VcpuStop>,
     stopped_rx: Receiver<VcpuStop>,
     stopped_evt: EventFd,
+}
+
+pub struct Vmm {
+    // Field order is drop order: vCPUs and devices go before the VM and
+    // memory they use.
+    event_manager: EventManager<Subscriber>,
+    devices: VmDevices,
+    vcpus: Vec<Vcpu>,
+    reports: VcpuReports,
     exit_watch: Arc<Mutex<ExitWatch>>,
     stop_handle: StopHandle,
-    _vm: VmFd,
-    _mem: GuestMemoryMmap,
-    _kvm: Kvm,
+    snapshot_request: Arc<SnapshotRequest>,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    kvm: Kvm,
 }
 
 impl Vmm {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        kvm: Kvm,
-        vm: VmFd,
-        mem: GuestMemoryMmap,
-        event_manager: EventManager<Subscriber>,
-        vcpus: Vec<Vcpu>,
-        stop: Arc<AtomicBool>,
-        stopped_tx: Sender<VcpuStop>,
-        stopped_rx: Receiver<VcpuStop>,
-        stopped_evt: EventFd,
-        exit_watch: Arc<Mutex<ExitWatch>>,
-    ) -> Self {
-        let stop_evt = lock(&exit_watch)
-            .stop_request
-            .try_clone()
-            .expect("eventfd dup");
-        Vmm {
-            event_manager,
+    /// Wires up the run loop's own events around a built or restored VM.
+    pub(crate) fn new(mut parts: VmParts, vcpus: Vec<Vcpu>) -> Result<Self, std::io::Error> {
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK);
+        let stopped_evt = eventfd()?;
+        let stop_evt = eventfd()?;
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let snapshot_request = Arc::new(SnapshotRequest::new(eventfd()?));
+        let exit_watch = Arc::new(Mutex::new(ExitWatch::new(
+            parts.devices.reset_evt.try_clone()?,
+            stopped_evt.try_clone()?,
+            stop_evt.try_clone()?,
+            snapshot_request.clone(),
+        )));
+        use event_manager::SubscriberOps;
+        parts.event_manager.add_subscriber(exit_watch.clone());
+        Ok(Vmm {
+            event_manager: parts.event_manager,
+            devices: parts.devices,
             vcpus,
-            stop,
-            stopped_tx,
-            stopped_rx,
-            stopped_evt,
+            reports: VcpuReports {
+                stop: Arc::new(AtomicBool::new(false)),
+                stopped_tx,
+                stopped_rx,
+                stopped_evt,
+            },
             exit_watch,
             stop_handle: StopHandle(Arc::new(stop_evt)),
-            _vm: vm,
-            _mem: mem,
-            _kvm: kvm,
-        }
+            snapshot_request,
+            vm: parts.vm,
+            mem: parts.mem,
+            kvm: parts.kvm,
+        })
     }
 
     pub fn stop_handle(&self) -> StopHandle {
         self.stop_handle.clone()
     }
 
+    pub fn snapshot_handle(&self) -> SnapshotHandle {
+        SnapshotHandle(self.snapshot_request.clone())
+    }
+
+    /// Saves the stopped VM into `dir`.
+    fn write_snapshot(&self, vcpus: &[Vcpu], dir: &std::path::Path) -> Result<(), RunError> {
+        let msr_indices = kvm_state::msrs_to_save(&self.kvm)?;
+        let vcpu_states = vcpus
+            .iter()
+            .map(|v| v.save(&self.kvm, &msr_indices))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mem_size = vm_memory::GuestMemoryBackend::iter(&self.mem)
+            .map(vm_memory::GuestMemoryRegion::len)
+            .sum();
+        let state = SnapshotState {
+            vmm_version: snapshot::VMM_VERSION.to_string(),
+            host_cpu: HostCpu::of(&self.kvm)?,
+            mem_size,
+            vm: kvm_state::save_vm(&self.vm)?,
+            vcpus: vcpu_states,
+            serial: lock(&self.devices.serial).save(),
+            devices: self.devices.virtio.save(),
+        };
+        snapshot::write_snapshot(dir, &state, &self.mem)?;
+        Ok(())
+    }
+
     /// Runs the VM until the guest shuts down, a vCPU fails, or a stop is
     /// requested. Returns how it ended; a guest failure is an error.
     pub fn run(mut self) -> Result<VmExit, RunError> {
+        let stop = self.reports.stop.clone();
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus.drain(..) {
+            let id = vcpu.id();
             let evt = self
+                .reports
                 .stopped_evt
                 .try_clone()
-                .map_err(|e| RunError::Vcpu(VcpuError::Spawn(0, e)))?;
-            match vcpu.spawn(self.stop.clone(), self.stopped_tx.clone(), evt) {
+                .map_err(|e| RunError::Vcpu(VcpuError::Spawn(id, e)))?;
+            match vcpu.spawn(stop.clone(), self.reports.stopped_tx.clone(), evt) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    stop_vcpus(&self.stop, handles);
+                    stop_vcpus(&stop, handles);
                     return Err(e.into());
                 }
             }
@@ -174,17 +274,34 @@ impl Vmm {
 
         let ending = loop {
             if let Err(e) = self.event_manager.run() {
-                stop_vcpus(&self.stop, handles);
+                stop_vcpus(&stop, handles);
                 return Err(RunError::EventLoop(e));
             }
             if let Some(ending) = lock(&self.exit_watch).ended {
                 break ending;
             }
         };
-        let stuck = !stop_vcpus(&self.stop, handles);
+        let stopped = stop_vcpus(&stop, handles);
+        let stuck = stopped.is_none();
 
         // The first vCPU to stop on its own says how the guest ended.
-        let first = self.stopped_rx.try_iter().find(|r| *r != VcpuStop::Kicked);
+        let first = self
+            .reports
+            .stopped_rx
+            .try_iter()
+            .find(|r| *r != VcpuStop::Kicked);
+        if let (Ending::Snapshot, None, Some(vcpus)) = (ending, &first, &stopped) {
+            let dir = self
+                .snapshot_request
+                .dir
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(dir) = dir {
+                self.write_snapshot(vcpus, &dir)?;
+                return Ok(VmExit::Snapshotted);
+            }
+        }
         match (ending, first) {
             (_, Some(r @ (VcpuStop::GuestReset | VcpuStop::GuestPowerOff | VcpuStop::Halted))) => {
                 log::debug!("VM ended: {r}");
@@ -192,7 +309,7 @@ impl Vmm {
             }
             (_, Some(failure)) => Err(RunError::Guest(failure)),
             (Ending::Reset, None) => Ok(VmExit::GuestShutdown),
-            (Ending::Requested, None) => Ok(VmExit::Stopped),
+            (Ending::Requested | Ending::Snapshot, None) => Ok(VmExit::Stopped),
             (Ending::VcpuStopped, None) if stuck => Err(RunError::StuckVcpus),
             (Ending::VcpuStopped, None) => Ok(VmExit::GuestShutdown),
         }
@@ -200,21 +317,18 @@ impl Vmm {
 }
 
 /// Sets the stop flag and kicks every vCPU out of KVM_RUN until all threads
-/// have ended. Returns false if some did not end in time.
-fn stop_vcpus(stop: &AtomicBool, handles: Vec<VcpuHandle>) -> bool {
+/// have ended, and hands the vCPUs back. None if some did not end in time.
+fn stop_vcpus(stop: &AtomicBool, handles: Vec<VcpuHandle>) -> Option<Vec<Vcpu>> {
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(5);
     while handles.iter().any(|h| !h.is_finished()) {
         if Instant::now() > deadline {
-            return false;
+            return None;
         }
         for h in handles.iter().filter(|h| !h.is_finished()) {
             h.kick();
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_micros(200));
     }
-    for h in handles {
-        h.join();
-    }
-    true
+    handles.into_iter().map(VcpuHandle::join).collect()
 }

@@ -24,8 +24,11 @@ use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig};
 use clap::Args;
 
 use crate::paths;
+use crate::template::{self, TemplateSpec, MAX_WARM_VOLUMES};
+use bulkhead_vmm::builder::{BuildError, RestoreConfig};
 use options::{parse_cpus, parse_size, parse_volume, CPU_PERIOD_US};
-use session::Session;
+pub use session::console_tail;
+use session::{Refresh, Session};
 use vm::RunningVm;
 
 /// Guest RAM beyond the container's memory limit: kernel, agent, page cache.
@@ -75,6 +78,9 @@ pub struct RunArgs {
     /// Print how long each phase took to stderr.
     #[arg(long)]
     timings: bool,
+    /// Boot a fresh guest kernel instead of restoring a template.
+    #[arg(long)]
+    cold: bool,
     /// Write phase timestamps, guest milestones and VMM memory as JSON
     /// (for `bulkhead bench`).
     #[arg(long, hide = true, value_name = "FILE")]
@@ -287,24 +293,26 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     };
     spec.validate().context("invalid container spec")?;
 
-    let uds = run_dir.0.join("vsock.sock");
-    let console_log = run_dir.0.join("console.log");
-    let mut config = VmConfig::new(kernel);
-    config.initrd = Some(initramfs);
-    config.mem_mib = memory
-        .map_or(DEFAULT_VM_MIB, |m| ((m as u64) >> 20) + VM_OVERHEAD_MIB)
-        .max(DEFAULT_VM_MIB);
-    config.console = ConsoleOutput::Writer(Box::new(
-        std::fs::File::create(&console_log)
-            .with_context(|| format!("cannot create {}", console_log.display()))?,
-    ));
-    config.disks = disks;
-    config.vsock = Some(VsockConfig {
-        cid: 3,
-        uds_path: uds.clone(),
-    });
-    let guest_mib = config.mem_mib;
-    let vm = RunningVm::start(config).context("cannot start the microVM")?;
+    let plan = VmPlan {
+        kernel,
+        initramfs,
+        mem_mib: memory
+            .map_or(DEFAULT_VM_MIB, |m| ((m as u64) >> 20) + VM_OVERHEAD_MIB)
+            .max(DEFAULT_VM_MIB),
+        disks,
+        uds: run_dir.0.join("vsock.sock"),
+        console_log: run_dir.0.join("console.log"),
+    };
+    let warm = !args.cold && spec.storage.volumes.len() <= MAX_WARM_VOLUMES;
+    if !args.cold && !warm {
+        eprintln!("bulkhead: more than {MAX_WARM_VOLUMES} volumes: booting instead of restoring");
+    }
+    let (uds, console_log, guest_mib) = (plan.uds.clone(), plan.console_log.clone(), plan.mem_mib);
+    let (vm, boot) = if warm {
+        start_warm(&plan)?
+    } else {
+        (start_cold(plan)?, Boot::Cold)
+    };
     router.set_vm(vm.stop_handle());
     timings.mark(record::mark::VM_BUILD);
 
@@ -319,7 +327,14 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
-    let mut session = Session::start(stream, &spec)?;
+    let refresh = match &boot {
+        Boot::Warm { .. } => Some(Refresh::now(spec.hostname.clone())?),
+        Boot::Cold => None,
+    };
+    let mut session = match Session::start(stream, &spec, refresh) {
+        Ok(s) => s,
+        Err(e) => return Err(guest_failure(e, vm, &console_log)),
+    };
     timings.mark(record::mark::CONTAINER_STARTED);
     let writer = session.writer();
     router.set_container(writer.clone());
@@ -344,8 +359,14 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     });
     let guest_times = session.guest_times();
     let run_started = vm.run_started();
-    session.shutdown();
-    let ended = vm.finish(Duration::from_secs(10));
+    // Once the agent has flushed the volumes nothing in the guest is worth
+    // a clean shutdown: the host ends the VM rather than the guest's slow
+    // reboot path.
+    let ended = if session.shutdown() {
+        vm.kill()
+    } else {
+        vm.finish(Duration::from_secs(10))
+    };
     timings.mark(record::mark::VM_GONE);
     drop(_raw);
 
@@ -359,6 +380,13 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         );
     }
     if args.timings {
+        match &boot {
+            Boot::Warm { template, built } => eprintln!(
+                "bulkhead: timing: warm start: restored template {template}{}",
+                if *built { " (made by this run)" } else { "" }
+            ),
+            Boot::Cold => eprintln!("bulkhead: timing: cold start: booted the guest kernel"),
+        }
         if let Some(at) = first_output {
             eprintln!(
                 "bulkhead: timing: first output after {:.1} ms",
@@ -374,6 +402,92 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(status.code().clamp(0, 255) as u8)
+}
+
+/// What the run's VM is made of, whether it boots or is restored.
+struct VmPlan {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    mem_mib: u64,
+    /// Image (read-only), scratch, volumes: vda, vdb, vdc...
+    disks: Vec<DiskConfig>,
+    uds: PathBuf,
+    console_log: PathBuf,
+}
+
+/// How the run's VM came to be.
+enum Boot {
+    Cold,
+    Warm { template: String, built: bool },
+}
+
+fn console_file(path: &Path) -> anyhow::Result<ConsoleOutput> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(ConsoleOutput::Writer(Box::new(file)))
+}
+
+fn vsock_config(plan: &VmPlan) -> VsockConfig {
+    VsockConfig {
+        cid: 3,
+        uds_path: plan.uds.clone(),
+    }
+}
+
+/// Boots the guest kernel with the run's disks.
+fn start_cold(plan: VmPlan) -> anyhow::Result<RunningVm> {
+    let mut config = VmConfig::new(&plan.kernel);
+    config.initrd = Some(plan.initramfs.clone());
+    config.mem_mib = plan.mem_mib;
+    config.console = console_file(&plan.console_log)?;
+    config.vsock = Some(vsock_config(&plan));
+    config.disks = plan.disks;
+    RunningVm::start(config).context("cannot start the microVM")
+}
+
+/// Restores the template for this VM's shape (made on first use) with the
+/// run's disks in its slots; a template that cannot be restored is made
+/// again, once.
+fn start_warm(plan: &VmPlan) -> anyhow::Result<(RunningVm, Boot)> {
+    let spec = TemplateSpec {
+        kernel: plan.kernel.clone(),
+        initramfs: plan.initramfs.clone(),
+        vcpus: 1,
+        mem_mib: plan.mem_mib,
+    };
+    let mut tpl = template::ensure(&spec)?;
+    let restore = |dir: &Path| -> Result<RunningVm, BuildError> {
+        let console = console_file(&plan.console_log).map_err(|e| {
+            BuildError::EventFd(std::io::Error::other(format!("{e:#}")))
+        })?;
+        RunningVm::restore(RestoreConfig {
+            snapshot_dir: dir.to_path_buf(),
+            console,
+            disks: plan.disks.iter().cloned().map(Some).collect(),
+            vsock: Some(vsock_config(plan)),
+        })
+    };
+    let vm = match restore(&tpl.dir) {
+        Ok(vm) => vm,
+        Err(e) if is_template_fault(&e) => {
+            tpl = template::rebuild(&spec, &tpl, &e.to_string())?;
+            restore(&tpl.dir).context("cannot restore the rebuilt template")?
+        }
+        Err(e) => return Err(e).context("cannot restore the microVM"),
+    };
+    Ok((
+        vm,
+        Boot::Warm {
+            template: tpl.key,
+            built: tpl.built,
+        },
+    ))
+}
+
+/// Whether a restore failed because of the template itself (stale,
+/// corrupt, from another host) rather than this run's inputs.
+fn is_template_fault(e: &BuildError) -> bool {
+    matches!(e, BuildError::Snapshot(_) | BuildError::State(_))
 }
 
 /// /dev/vda, /dev/vdb, ... for the n-th disk.

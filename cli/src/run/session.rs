@@ -76,19 +76,61 @@ fn try_connect(uds: &Path) -> anyhow::Result<Option<UnixStream>> {
     Ok(Some(stream))
 }
 
+/// How long the agent may take to flush volumes before the VM is ended.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What makes a restored VM a distinct machine: every clone of a template
+/// wakes up with the same memory, so the same RNG state and a stale clock.
+pub struct Refresh {
+    pub entropy: Vec<u8>,
+    pub realtime_ns: u64,
+    pub hostname: Option<String>,
+}
+
+impl Refresh {
+    /// Fresh host entropy and the host's wall clock now.
+    pub fn now(hostname: Option<String>) -> anyhow::Result<Refresh> {
+        let mut entropy = vec![0u8; 64];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut entropy))
+            .context("cannot read host entropy from /dev/urandom")?;
+        let realtime_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(Refresh {
+            entropy,
+            realtime_ns,
+            hostname,
+        })
+    }
+}
+
 /// The running container, as far as the host is concerned.
 pub struct Session {
     writer: Arc<Mutex<AgentWriter<UnixStream>>>,
     reader: bulkhead_protocol::AgentReader<UnixStream>,
+    /// A handle on the same socket, to bound waits on it.
+    socket: UnixStream,
     /// The agent's milestones and when its `Started` reply arrived.
     guest_times: Option<(GuestTimes, Instant)>,
 }
 
 impl Session {
-    /// Handshake, create, start. Returns once the process runs.
-    pub fn start(stream: UnixStream, spec: &ContainerSpec) -> anyhow::Result<Session> {
+    /// Handshake, refresh (restored VMs), create, start. Returns once the
+    /// process runs.
+    pub fn start(
+        stream: UnixStream,
+        spec: &ContainerSpec,
+        refresh: Option<Refresh>,
+    ) -> anyhow::Result<Session> {
+        let socket = stream.try_clone()?;
         let mut client = AgentClient::new(stream);
         client.handshake().context("agent handshake failed")?;
+        if let Some(r) = refresh {
+            client
+                .refresh(&r.entropy, r.realtime_ns, r.hostname.as_deref())
+                .context("cannot refresh the restored guest")?;
+        }
         client.create(spec).context("cannot create the container")?;
         let (_, times) = client.start_timed().context("cannot start the container")?;
         let guest_times = times.map(|t| (t, Instant::now()));
@@ -97,6 +139,7 @@ impl Session {
         Ok(Session {
             writer: Arc::new(Mutex::new(writer)),
             reader,
+            socket,
             guest_times,
         })
     }
@@ -140,10 +183,25 @@ impl Session {
         }
     }
 
-    /// Asks the agent to power the VM off.
-    pub fn shutdown(self) {
-        if let Ok(mut w) = self.writer.lock() {
-            let _ = w.shutdown();
+    /// Asks the agent to flush the container's volumes and waits until it
+    /// says it has; after that nothing in the guest is worth keeping and
+    /// the host ends the VM. Returns whether the agent confirmed.
+    pub fn shutdown(mut self) -> bool {
+        let sent = self
+            .writer
+            .lock()
+            .map(|mut w| w.shutdown().is_ok())
+            .unwrap_or(false);
+        if !sent {
+            return false;
+        }
+        let _ = self.socket.set_read_timeout(Some(SHUTDOWN_TIMEOUT));
+        loop {
+            match self.reader.next_event() {
+                Ok(Event::ShuttingDown) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
         }
     }
 }

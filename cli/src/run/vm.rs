@@ -5,8 +5,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bulkhead_vmm::builder::{BuildError, RestoreConfig};
 use bulkhead_vmm::config::VmConfig;
-use bulkhead_vmm::vmm::{RunError, StopHandle, VmExit};
+use bulkhead_vmm::vmm::{RunError, StopHandle, Vmm, VmExit};
 
 pub struct RunningVm {
     thread: Option<JoinHandle<Result<VmExit, RunError>>>,
@@ -18,7 +19,16 @@ pub struct RunningVm {
 impl RunningVm {
     /// Builds the VM and starts its vCPUs.
     pub fn start(config: VmConfig) -> anyhow::Result<RunningVm> {
-        let vmm = bulkhead_vmm::builder::build(config)?;
+        Ok(Self::launch(bulkhead_vmm::builder::build(config)?)?)
+    }
+
+    /// Restores the VM from a snapshot and lets its vCPUs continue.
+    pub fn restore(config: RestoreConfig) -> Result<RunningVm, BuildError> {
+        let vmm = bulkhead_vmm::builder::restore(config)?;
+        Self::launch(vmm).map_err(BuildError::EventFd)
+    }
+
+    fn launch(vmm: Vmm) -> std::io::Result<RunningVm> {
         let stop = vmm.stop_handle();
         let run_started = Arc::new(OnceLock::new());
         let started = run_started.clone();
@@ -47,6 +57,11 @@ impl RunningVm {
 
     pub fn has_ended(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Ends the VM now: the guest has nothing left worth a clean shutdown.
+    pub fn kill(self) -> Result<VmExit, RunError> {
+        self.finish(Duration::ZERO)
     }
 
     /// Waits up to `grace` for the guest to power off by itself, then stops

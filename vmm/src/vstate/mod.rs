@@ -2,5 +2,6 @@
 
 pub mod kvm;
 pub mod memory;
+pub mod persist;
 pub mod vcpu;
 pub mod vm;

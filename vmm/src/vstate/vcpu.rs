@@ -9,12 +9,13 @@ use std::thread::JoinHandle;
 use kvm_bindings::{
     CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
+use super::persist::{self, VcpuState};
 use crate::devices::bus::Bus;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum VcpuError {
     Spawn(u8, std::io::Error),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    State(#[from] super::persist::StateError),
 }
 
 /// Why a vCPU stopped running the guest.
@@ -180,6 +183,39 @@ impl Vcpu {
         })
     }
 
+    /// Creates vCPU `state.id` and loads a saved state into it, instead of
+    /// the boot state [`Vcpu::new`] gives.
+    pub fn restore(
+        kvm: &Kvm,
+        vm: &VmFd,
+        state: &VcpuState,
+        mem: GuestMemoryMmap,
+        pio: Bus,
+        mmio: Bus,
+    ) -> Result<Self, VcpuError> {
+        let id = state.id;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VcpuError::Create(id, e))?;
+        persist::restore_vcpu(kvm, &fd, state)?;
+        Ok(Vcpu {
+            id,
+            fd,
+            pio,
+            mmio,
+            mem,
+        })
+    }
+
+    /// Saves this vCPU's state; it must have stopped running.
+    pub fn save(&self, kvm: &Kvm, msr_indices: &[u32]) -> Result<VcpuState, VcpuError> {
+        Ok(persist::save_vcpu(kvm, &self.fd, self.id, msr_indices)?)
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
     pub fn setup_boot_entry(&self, entry: u64) -> Result<(), VcpuError> {
         regs::setup_boot_vcpu(&self.fd, &self.mem, entry).map_err(|e| VcpuError::Regs(self.id, e))
     }
@@ -196,17 +232,20 @@ impl Vcpu {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let reason = self.run_loop(&stop);
+                let mut vcpu = self;
+                let reason = vcpu.run_loop(&stop);
                 let _ = stopped.send(reason);
                 let _ = stopped_evt.write(1);
+                vcpu
             })
             .map_err(|e| VcpuError::Spawn(id, e))?;
         Ok(VcpuHandle { handle })
     }
 
-    fn run_loop(mut self, stop: &AtomicBool) -> VcpuStop {
+    fn run_loop(&mut self, stop: &AtomicBool) -> VcpuStop {
         loop {
             if stop.load(Ordering::Acquire) {
+                self.complete_pending_io();
                 return VcpuStop::Kicked;
             }
             let exit = match self.fd.run() {
@@ -264,6 +303,15 @@ impl Vcpu {
         }
     }
 
+    /// Lets KVM finish the I/O exit we last handled (it consumes an MMIO or
+    /// port read's data only on the next KVM_RUN) without running guest
+    /// code, so the saved registers are those after the instruction.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
     /// Collects what there is to know about an internal error: KVM's data
     /// words and the instruction bytes at RIP, read through the guest's own
     /// page tables.
@@ -301,7 +349,7 @@ impl Vcpu {
 
 /// A running vCPU thread.
 pub struct VcpuHandle {
-    handle: JoinHandle<()>,
+    handle: JoinHandle<Vcpu>,
 }
 
 impl VcpuHandle {
@@ -314,8 +362,9 @@ impl VcpuHandle {
         self.handle.is_finished()
     }
 
-    pub fn join(self) {
-        let _ = self.handle.join();
+    /// Waits for the thread; the vCPU comes back unless the thread panicked.
+    pub fn join(self) -> Option<Vcpu> {
+        self.handle.join().ok()
     }
 }
 
@@ -391,6 +440,74 @@ mod tests {
             }
         }
         Some(words.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
+    }
+
+    /// 64-bit guest code: eax = 0; loop { eax += 1; out RESULT_PORT, eax }.
+    const COUNTER: &[u8] = &[
+        0x31, 0xc0, // xor eax, eax
+        0xff, 0xc0, // inc eax
+        0xba, 0x10, 0x00, 0x00, 0x00, // mov edx, RESULT_PORT
+        0xef, // out dx, eax
+        0xeb, 0xf6, // jmp inc
+    ];
+
+    /// Runs `vcpu` until it has written `n` values to RESULT_PORT; returns the last.
+    fn count(vcpu: &mut Vcpu, n: usize) -> u32 {
+        let mut last = 0;
+        let mut seen = 0;
+        while seen < n {
+            match vcpu.fd.run() {
+                Ok(VcpuExit::IoOut(RESULT_PORT, data)) => {
+                    last = u32::from_le_bytes(data.try_into().unwrap());
+                    seen += 1;
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Ok(VcpuExit::InternalError) => panic!("{}", vcpu.internal_error()),
+                other => panic!("unexpected exit: {other:?}"),
+            }
+        }
+        last
+    }
+
+    /// A guest stopped right after an I/O exit, saved (vCPU, VM and memory
+    /// through the snapshot files) and restored into a new VM continues at
+    /// the next instruction: it counts on from where it was, not again.
+    #[test]
+    fn counting_guest_continues_exactly_after_restore() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("skipping: no KVM");
+            return;
+        };
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let mem_path = dir.as_path().join("memory");
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let vm = create_vm(&kvm, &mem).unwrap();
+        let base = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        mem.write_slice(COUNTER, GuestAddress(CODE_START)).unwrap();
+        let mut vcpu = Vcpu::new(&vm, 0, 1, &base, mem.clone(), Bus::new(), Bus::new()).unwrap();
+        vcpu.setup_boot_entry(CODE_START).unwrap();
+        assert_eq!(count(&mut vcpu, 5), 5);
+        vcpu.complete_pending_io();
+
+        let msrs = persist::msrs_to_save(&kvm).unwrap();
+        let state = vcpu.save(&kvm, &msrs).unwrap();
+        let vm_state = persist::save_vm(&vm).unwrap();
+        crate::snapshot::memory::save_memory(&mem, &mem_path).unwrap();
+        // Through JSON, as in a snapshot file.
+        let state: VcpuState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        let vm_state: persist::VmState =
+            serde_json::from_str(&serde_json::to_string(&vm_state).unwrap()).unwrap();
+        drop(vcpu);
+
+        let mem2 = crate::snapshot::memory::restore_memory(&mem_path, 16 << 20).unwrap();
+        let vm2 = create_vm(&kvm, &mem2).unwrap();
+        persist::restore_vm(&vm2, &vm_state).unwrap();
+        let mut restored =
+            Vcpu::restore(&kvm, &vm2, &state, mem2, Bus::new(), Bus::new()).unwrap();
+        assert_eq!(count(&mut restored, 1), 6);
+        assert_eq!(count(&mut restored, 3), 9);
     }
 
     /// The guest sees our CPUID, not the host's: the second vCPU reports

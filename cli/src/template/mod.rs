@@ -1,0 +1,244 @@
+//! Templates: snapshots of a booted guest whose agent is ready, so that
+//! `bulkhead run` restores one instead of booting a kernel.
+//!
+//! A template depends only on what shapes the booted guest — kernel, agent
+//! initramfs, vCPUs, memory size, the VMM build — never on the image or
+//! volumes: its block devices are empty slots that each run fills at
+//! restore. Templates live in `<root>/templates/<key>/` (`state`, `memory`,
+//! `template.json`), are made on first use under a lock, and are only ever
+//! read afterwards, so any number of runs can restore one at once.
+
+mod build;
+pub mod command;
+pub mod ready;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+/// Block slots every template has: image, scratch, then volumes.
+pub const DISK_SLOTS: usize = 8;
+/// Volumes a warm run can attach (the rest of the slots).
+pub const MAX_WARM_VOLUMES: usize = DISK_SLOTS - 2;
+
+const META_FILE: &str = "template.json";
+
+/// What a template is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+}
+
+/// What `template ls` shows, kept beside the snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateMeta {
+    pub key: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    /// Identifies the bulkhead binary that made it.
+    pub vmm_build: String,
+    pub created_unix: u64,
+    /// How long the boot to a ready agent took.
+    pub boot_ms: u64,
+}
+
+/// A file's identity without reading it: path, size, modification time.
+/// The kernel sits in a directory named by its build hash and the
+/// initramfs is named by the agent's digest, so this is enough.
+fn file_identity(path: &Path) -> anyhow::Result<String> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(format!("{}:{}:{}", real.display(), meta.len(), mtime))
+}
+
+/// The bulkhead binary that runs now, with the snapshot format it writes.
+fn vmm_build() -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| file_identity(&p).ok())
+        .unwrap_or_default();
+    format!(
+        "{} format {} {}",
+        bulkhead_vmm::snapshot::VMM_VERSION,
+        bulkhead_vmm::snapshot::format::FORMAT_VERSION,
+        exe
+    )
+}
+
+impl TemplateSpec {
+    /// The key naming this template: a digest of everything that shapes it.
+    pub fn key(&self) -> anyhow::Result<String> {
+        let text = format!(
+            "kernel {}\ninitramfs {}\nvcpus {}\nmem {}\nslots {DISK_SLOTS}\npvm {}\nvmm {}\n",
+            file_identity(&self.kernel)?,
+            file_identity(&self.initramfs)?,
+            self.vcpus,
+            self.mem_mib,
+            bulkhead_vmm::boot::pvm::PvmCompat::Auto.enabled(),
+            vmm_build(),
+        );
+        Ok(bulkhead_rootfs::Digest::of(text.as_bytes()).hex()[..16].to_string())
+    }
+}
+
+/// `$BULKHEAD_TEMPLATES`, or `templates/` under the state root. Tests
+/// point every private root at one directory so they share templates.
+pub fn templates_dir() -> PathBuf {
+    std::env::var_os("BULKHEAD_TEMPLATES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths::root().join("templates"))
+}
+
+/// A template ready to restore.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub key: String,
+    pub dir: PathBuf,
+    /// Made by this call (the first use), rather than found.
+    pub built: bool,
+}
+
+/// Finds the template for `spec`, making it first if there is none.
+/// Concurrent callers wait for one build instead of each booting.
+pub fn ensure(spec: &TemplateSpec) -> anyhow::Result<Template> {
+    let key = spec.key()?;
+    let base = templates_dir();
+    let dir = base.join(&key);
+    if is_complete(&dir) {
+        return Ok(Template {
+            key,
+            dir,
+            built: false,
+        });
+    }
+    std::fs::create_dir_all(&base)
+        .with_context(|| format!("cannot create {}", base.display()))?;
+    let _lock = lock(&base.join(format!(".{key}.lock")))?;
+    if is_complete(&dir) {
+        return Ok(Template {
+            key,
+            dir,
+            built: false,
+        });
+    }
+    eprintln!("bulkhead: making template {key} (first use: boots the guest once)");
+    remove_made_by_other_builds(&base);
+    build::build(spec, &key, &dir)?;
+    Ok(Template {
+        key,
+        dir,
+        built: true,
+    })
+}
+
+/// Replaces a template that failed to restore, under the same lock.
+pub fn rebuild(spec: &TemplateSpec, broken: &Template, why: &str) -> anyhow::Result<Template> {
+    eprintln!(
+        "bulkhead: template {} is unusable ({why}); rebuilding it",
+        broken.key
+    );
+    let base = templates_dir();
+    let _lock = lock(&base.join(format!(".{}.lock", broken.key)))?;
+    remove_dir(&broken.dir)?;
+    build::build(spec, &broken.key, &broken.dir)?;
+    Ok(Template {
+        built: true,
+        ..broken.clone()
+    })
+}
+
+fn is_complete(dir: &Path) -> bool {
+    dir.join(META_FILE).is_file()
+}
+
+fn lock(path: &Path) -> anyhow::Result<Flock<File>> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+}
+
+fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}
+
+/// Templates of another bulkhead build can never be restored by this one.
+fn remove_made_by_other_builds(base: &Path) {
+    let current = vmm_build();
+    for meta in list().unwrap_or_default() {
+        if meta.vmm_build != current {
+            let _ = remove_dir(&base.join(&meta.key));
+        }
+    }
+}
+
+/// Every complete template, oldest first.
+pub fn list() -> anyhow::Result<Vec<TemplateMeta>> {
+    let base = templates_dir();
+    let entries = match std::fs::read_dir(&base) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", base.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let meta_path = entry.path().join(META_FILE);
+        let Ok(bytes) = std::fs::read(&meta_path) else {
+            continue;
+        };
+        match serde_json::from_slice::<TemplateMeta>(&bytes) {
+            Ok(meta) => out.push(meta),
+            Err(e) => eprintln!("bulkhead: ignoring {}: {e}", meta_path.display()),
+        }
+    }
+    out.sort_by_key(|m| m.created_unix);
+    Ok(out)
+}
+
+/// Removes the template `key` (a unique prefix will do).
+pub fn remove(key: &str) -> anyhow::Result<String> {
+    let matches: Vec<_> = list()?
+        .into_iter()
+        .filter(|m| m.key.starts_with(key))
+        .collect();
+    match matches.as_slice() {
+        [one] => {
+            remove_dir(&templates_dir().join(&one.key))?;
+            Ok(one.key.clone())
+        }
+        [] => bail!("no template {key}"),
+        _ => bail!("template prefix {key} is ambiguous"),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}

@@ -1,0 +1,171 @@
+//! Guest memory as a file: written sparse at snapshot time, mapped
+//! `MAP_PRIVATE` at restore so every clone of one snapshot shares its
+//! pages copy-on-write and none can change the file.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
+};
+
+use crate::vstate::memory::ram_regions;
+
+const PAGE: usize = 4096;
+/// Memory is copied out in chunks of this size.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryFileError {
+    #[error("cannot write guest memory to {}: {source}", .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read guest memory from the VM: {0}")]
+    Guest(vm_memory::GuestMemoryError),
+    #[error("cannot open guest memory file {}: {source}", .path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("guest memory file {} has {found} bytes, the snapshot needs {expected}", .path.display())]
+    Size {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("cannot map guest memory file {}: {source}", .path.display())]
+    Map {
+        path: PathBuf,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("cannot lay out restored guest memory: {0}")]
+    Layout(vm_memory::GuestRegionCollectionError),
+}
+
+/// Writes all of `mem` to `path`, region after region, leaving holes
+/// where pages are zero (most of a freshly booted guest).
+pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFileError> {
+    let write_err = |source| MemoryFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(write_err)?;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(total).map_err(write_err)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut file_offset = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let mut done = 0usize;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            let slice = region
+                .get_slice(MemoryRegionAddress(done as u64), n)
+                .map_err(|e| MemoryFileError::Guest(e.into()))?;
+            slice.copy_to(&mut buf[..n]);
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    let at = file_offset + (done + i * PAGE) as u64;
+                    file.write_all_at(page, at).map_err(write_err)?;
+                }
+            }
+            done += n;
+        }
+        file_offset += len as u64;
+    }
+    Ok(total)
+}
+
+/// Maps the memory file at `path` as guest memory of `size` bytes, laid
+/// out as [`ram_regions`] lays out a fresh VM.
+pub fn restore_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryFileError> {
+    let file = File::open(path).map_err(|source| MemoryFileError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let found = file
+        .metadata()
+        .map_err(|source| MemoryFileError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if found != size {
+        return Err(MemoryFileError::Size {
+            path: path.to_path_buf(),
+            found,
+            expected: size,
+        });
+    }
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (start, len) in ram_regions(size) {
+        let fd = file.try_clone().map_err(|source| MemoryFileError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mapping = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::new(fd, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|source| MemoryFileError::Map {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let region = GuestRegionMmap::new(mapping, start).ok_or(MemoryFileError::Layout(
+            vm_memory::GuestRegionCollectionError::NoMemoryRegion,
+        ))?;
+        regions.push(region);
+        offset += len as u64;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryFileError::Layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::Bytes;
+    use vmm_sys_util::tempdir::TempDir;
+
+    use super::*;
+    use crate::vstate::memory::create_guest_memory;
+
+    #[test]
+    fn round_trip_is_private_and_sparse() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.as_path().join("memory");
+        let mem = create_guest_memory(8 << 20).unwrap();
+        mem.write_obj(0xdead_beef_u64, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0x1234_u32, GuestAddress((8 << 20) - 4))
+            .unwrap();
+        assert_eq!(save_memory(&mem, &path).unwrap(), 8 << 20);
+        // Two pages of data: the rest of the file is holes.
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
+        assert!(blocks * 512 <= 64 * 1024, "{blocks} blocks allocated");
+
+        let a = restore_memory(&path, 8 << 20).unwrap();
+        let b = restore_memory(&path, 8 << 20).unwrap();
+        assert_eq!(a.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(a.read_obj::<u32>(GuestAddress((8 << 20) - 4)).unwrap(), 0x1234);
+        a.write_obj(7u64, GuestAddress(0x1000)).unwrap();
+        // Copy-on-write: neither the other clone nor the file sees it.
+        assert_eq!(b.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        let c = restore_memory(&path, 8 << 20).unwrap();
+        assert_eq!(c.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+    }
+
+    #[test]
+    fn refuses_a_file_of_the_wrong_size() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.as_path().join("memory");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let err = restore_memory(&path, 8 << 20).unwrap_err();
+        assert!(err.to_string().contains("has 4096 bytes"), "{err}");
+        let err = restore_memory(&dir.as_path().join("missing"), 8 << 20).unwrap_err();
+        assert!(matches!(err, MemoryFileError::Open { .. }), "{err}");
+    }
+}
