@@ -169,6 +169,7 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
         &mut event_manager,
         &mut cmdline,
         &config.disks,
+        0,
         config.vsock.as_ref(),
     )?;
     cmdline::append_user(&mut cmdline, &config.cmdline)?;
