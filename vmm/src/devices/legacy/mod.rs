@@ -2,5 +2,6 @@
 //! the i8042 controller, whose only job here is the reset line.
 
 pub mod i8042;
+pub mod persist;
 pub mod serial;
 pub mod trigger;

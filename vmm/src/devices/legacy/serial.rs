@@ -21,6 +21,12 @@ pub const COM1_PORT_LEN: u64 = 8;
 /// Tells the input side when the guest has emptied the receive FIFO.
 pub struct FifoDrained(EventFd);
 
+impl FifoDrained {
+    pub fn new(evt: EventFd) -> Self {
+        FifoDrained(evt)
+    }
+}
+
 impl SerialEvents for FifoDrained {
     fn buffer_read(&self) {}
     fn out_byte(&self) {}
@@ -41,9 +47,19 @@ impl SerialDevice {
     /// `irq` is registered as an irqfd for COM1's IRQ; `drained` wakes the
     /// input handler.
     pub fn new(irq: EventFd, drained: EventFd, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice {
-            uart: Serial::with_events(EventFdTrigger::new(irq), FifoDrained(drained), out),
-        }
+        Self::from_uart(Serial::with_events(
+            EventFdTrigger::new(irq),
+            FifoDrained(drained),
+            out,
+        ))
+    }
+
+    pub(super) fn from_uart(uart: Uart) -> Self {
+        SerialDevice { uart }
+    }
+
+    pub(super) fn uart(&self) -> &Uart {
+        &self.uart
     }
 
     /// Queues host input; returns how many bytes fit in the FIFO.

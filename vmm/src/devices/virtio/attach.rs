@@ -8,10 +8,13 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::block::{Block, BlockError};
+use serde::{Deserialize, Serialize};
+
+use super::block::{Block, BlockError, BlockState};
 use super::device::VirtioDevice;
 use super::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use super::vsock::{Vsock, VsockError};
+use super::persist::{MmioTransportState, RestoreError};
+use super::vsock::{Vsock, VsockError, VsockState};
 use crate::arch::x86_64::layout::{IRQ_MAX, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use crate::config::{DiskConfig, VsockConfig};
 use crate::devices::bus::{lock, Bus, BusError};
@@ -23,7 +26,7 @@ const MIN_WINDOW: u64 = 0x200;
 pub type DeviceEventManager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 /// Where a device lives: its MMIO window and its interrupt line (GSI).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioSlot {
     pub base: u64,
     pub len: u64,
@@ -96,46 +99,204 @@ pub fn attach_mmio_device<D>(
 where
     D: VirtioDevice + MutEventSubscriber + 'static,
 {
-    let base = slot.base;
-    // The registers end where config space begins, at 0x100.
-    if slot.len < MIN_WINDOW || base.checked_add(slot.len).is_none() {
-        return Err(AttachError::InvalidSlot {
-            base,
-            len: slot.len,
-        });
+    let transport = MmioTransport::new(mem.clone(), device.clone());
+    Wiring::new(vm, mmio_bus, event_manager).wire(slot, device.clone(), device, transport)?;
+    add_to_cmdline(cmdline, slot)
+}
+
+fn add_to_cmdline(cmdline: &mut Cmdline, slot: MmioSlot) -> Result<(), AttachError> {
+    cmdline
+        .add_virtio_mmio_device(slot.len, GuestAddress(slot.base), slot.irq, None)
+        .map_err(|source| AttachError::Cmdline {
+            base: slot.base,
+            source,
+        })
+}
+
+/// What wiring a device into the VM needs, for both a cold boot and a
+/// restore (which differ only in how the transport starts out and in the
+/// command line a restored guest has long since parsed).
+struct Wiring<'a> {
+    vm: &'a VmFd,
+    mmio_bus: &'a mut Bus,
+    event_manager: &'a mut DeviceEventManager,
+}
+
+impl<'a> Wiring<'a> {
+    fn new(vm: &'a VmFd, mmio_bus: &'a mut Bus, event_manager: &'a mut DeviceEventManager) -> Self {
+        Self {
+            vm,
+            mmio_bus,
+            event_manager,
+        }
     }
-    {
-        let dev = lock(&device);
-        let notify = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
-        for (queue, evt) in dev.queue_events().iter().enumerate() {
-            // The guest writes the queue index as a 32-bit value.
-            vm.register_ioevent(evt, &notify, queue as u32)
-                .map_err(|source| AttachError::Ioeventfd {
+
+    /// Everything [`attach_mmio_device`] does except the command line.
+    /// Returns the transport now on the bus.
+    fn wire(
+        &mut self,
+        slot: MmioSlot,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        subscriber: Arc<Mutex<dyn MutEventSubscriber + Send>>,
+        transport: MmioTransport,
+    ) -> Result<Arc<Mutex<MmioTransport>>, AttachError> {
+        let base = slot.base;
+        // The registers end where config space begins, at 0x100.
+        if slot.len < MIN_WINDOW || base.checked_add(slot.len).is_none() {
+            return Err(AttachError::InvalidSlot {
+                base,
+                len: slot.len,
+            });
+        }
+        {
+            let dev = lock(&device);
+            let notify = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+            for (queue, evt) in dev.queue_events().iter().enumerate() {
+                // The guest writes the queue index as a 32-bit value.
+                self.vm
+                    .register_ioevent(evt, &notify, queue as u32)
+                    .map_err(|source| AttachError::Ioeventfd {
+                        base,
+                        queue,
+                        source,
+                    })?;
+            }
+            self.vm
+                .register_irqfd(dev.interrupt().eventfd(), slot.irq)
+                .map_err(|source| AttachError::Irqfd {
                     base,
-                    queue,
+                    irq: slot.irq,
                     source,
                 })?;
         }
-        vm.register_irqfd(dev.interrupt().eventfd(), slot.irq)
-            .map_err(|source| AttachError::Irqfd {
-                base,
-                irq: slot.irq,
-                source,
-            })?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio_bus
+            .insert(transport.clone(), base, slot.len)
+            .map_err(|source| AttachError::Bus { base, source })?;
+        self.event_manager.add_subscriber(subscriber);
+        Ok(transport)
     }
-    let transport = MmioTransport::new(mem.clone(), device.clone());
-    mmio_bus
-        .insert(Arc::new(Mutex::new(transport)), base, slot.len)
-        .map_err(|source| AttachError::Bus { base, source })?;
-    cmdline
-        .add_virtio_mmio_device(slot.len, GuestAddress(base), slot.irq, None)
-        .map_err(|source| AttachError::Cmdline { base, source })?;
-    event_manager.add_subscriber(device);
-    Ok(())
 }
 
-/// Attaches the VM's disks (in order, so the first is `vda`) and its vsock,
-/// in consecutive slots of the VM layout.
+/// The virtio devices of a VM, kept so their state can be saved.
+#[derive(Default)]
+pub struct AttachedDevices {
+    devices: Vec<Attached>,
+}
+
+struct Attached {
+    slot: MmioSlot,
+    transport: Arc<Mutex<MmioTransport>>,
+    device: AttachedDevice,
+}
+
+/// The concrete device behind a transport, which `save` needs.
+enum AttachedDevice {
+    Block(Arc<Mutex<Block>>),
+    Vsock(Arc<Mutex<Vsock>>),
+}
+
+impl AttachedDevice {
+    fn virtio(&self) -> Arc<Mutex<dyn VirtioDevice>> {
+        match self {
+            Self::Block(b) => b.clone(),
+            Self::Vsock(v) => v.clone(),
+        }
+    }
+
+    fn subscriber(&self) -> Arc<Mutex<dyn MutEventSubscriber + Send>> {
+        match self {
+            Self::Block(b) => b.clone(),
+            Self::Vsock(v) => v.clone(),
+        }
+    }
+}
+
+impl From<Arc<Mutex<Block>>> for AttachedDevice {
+    fn from(b: Arc<Mutex<Block>>) -> Self {
+        Self::Block(b)
+    }
+}
+
+impl From<Arc<Mutex<Vsock>>> for AttachedDevice {
+    fn from(v: Arc<Mutex<Vsock>>) -> Self {
+        Self::Vsock(v)
+    }
+}
+
+impl std::fmt::Debug for AttachedDevices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slots: Vec<_> = self.devices.iter().map(|a| a.slot).collect();
+        f.debug_struct("AttachedDevices")
+            .field("slots", &slots)
+            .finish()
+    }
+}
+
+impl AttachedDevices {
+    /// The state of every device, in slot order. The caller pauses the vCPUs
+    /// and the event loop first, so nothing changes while this runs.
+    pub fn save(&self) -> Vec<MmioDeviceState> {
+        self.devices
+            .iter()
+            .map(|a| MmioDeviceState {
+                slot: a.slot,
+                transport: lock(&a.transport).save(),
+                device: match &a.device {
+                    AttachedDevice::Block(b) => DeviceState::Block(lock(b).save()),
+                    AttachedDevice::Vsock(v) => DeviceState::Vsock(lock(v).save()),
+                },
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Wires `device` at `slot` behind `transport` and keeps it for saving.
+    fn add(
+        &mut self,
+        wiring: &mut Wiring<'_>,
+        slot: MmioSlot,
+        device: AttachedDevice,
+        transport: MmioTransport,
+    ) -> Result<(), AttachError> {
+        let transport = wiring.wire(slot, device.virtio(), device.subscriber(), transport)?;
+        self.devices.push(Attached {
+            slot,
+            transport,
+            device,
+        });
+        Ok(())
+    }
+}
+
+/// Where a device lived in the snapshot's VM layout.
+pub type MmioSlotState = MmioSlot;
+
+/// One virtio-mmio device in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MmioDeviceState {
+    pub slot: MmioSlotState,
+    pub transport: MmioTransportState,
+    pub device: DeviceState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DeviceState {
+    Block(BlockState),
+    Vsock(VsockState),
+}
+
+/// Attaches the VM's disks (in order, so the first is `vda`), then
+/// `empty_disk_slots` block slots without backing (filled when a snapshot of
+/// this VM is restored), then its vsock, in consecutive slots of the layout.
+#[allow(clippy::too_many_arguments)]
 pub fn attach_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -143,21 +304,127 @@ pub fn attach_devices(
     event_manager: &mut DeviceEventManager,
     cmdline: &mut Cmdline,
     disks: &[DiskConfig],
+    empty_disk_slots: usize,
     vsock: Option<&VsockConfig>,
-) -> Result<(), AttachError> {
+) -> Result<AttachedDevices, AttachError> {
+    let mut wiring = Wiring::new(vm, mmio_bus, event_manager);
+    let mut attached = AttachedDevices::default();
     let mut slots = (0..).map(MmioSlot::nth);
-    let mut next_slot = || slots.next().flatten().ok_or(AttachError::TooManyDevices);
+    let mut attach = |attached: &mut AttachedDevices, device: AttachedDevice| {
+        let slot = slots.next().flatten().ok_or(AttachError::TooManyDevices)?;
+        let transport = MmioTransport::new(mem.clone(), device.virtio());
+        attached.add(&mut wiring, slot, device, transport)?;
+        add_to_cmdline(cmdline, slot)
+    };
     for disk in disks {
-        let slot = next_slot()?;
-        let block = Arc::new(Mutex::new(Block::new(&disk.path, disk.read_only)?));
-        attach_mmio_device(vm, mem, mmio_bus, event_manager, cmdline, slot, block)?;
+        let block = Block::new(&disk.path, disk.read_only)?;
+        attach(&mut attached, Arc::new(Mutex::new(block)).into())?;
+    }
+    for _ in 0..empty_disk_slots {
+        attach(&mut attached, Arc::new(Mutex::new(Block::empty()?)).into())?;
     }
     if let Some(cfg) = vsock {
-        let slot = next_slot()?;
-        let vsock = Arc::new(Mutex::new(Vsock::new(cfg.cid, &cfg.uds_path)?));
-        attach_mmio_device(vm, mem, mmio_bus, event_manager, cmdline, slot, vsock)?;
+        let vsock = Vsock::new(cfg.cid, &cfg.uds_path)?;
+        attach(&mut attached, Arc::new(Mutex::new(vsock)).into())?;
     }
-    Ok(())
+    Ok(attached)
+}
+/// Re-wires the devices of a snapshot, each at its saved slot (ioeventfds,
+/// irqfd, bus, event loop; the guest parsed its command line long ago).
+///
+/// Block slots, in saved order, get `disks[i]` as their new backing; a
+/// missing or `None` entry leaves the slot empty. The vsock listens on the
+/// configured socket and takes the configured CID. Devices the snapshot
+/// saved as active are re-activated against `mem`.
+pub fn restore_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    event_manager: &mut DeviceEventManager,
+    states: &[MmioDeviceState],
+    disks: &[Option<DiskConfig>],
+    vsock: Option<&VsockConfig>,
+) -> Result<AttachedDevices, RestoreError> {
+    check_restore_config(states, disks, vsock)?;
+    let mut wiring = Wiring::new(vm, mmio_bus, event_manager);
+    let mut attached = AttachedDevices::default();
+    let mut disks = disks.iter();
+    for state in states {
+        let slot = state.slot;
+        check_slot(slot)?;
+        let at_slot = |source| RestoreError::AtSlot {
+            base: slot.base,
+            source: Box::new(source),
+        };
+        let device = match &state.device {
+            DeviceState::Block(saved) => {
+                let disk = disks.next().and_then(Option::as_ref);
+                let backing = disk.map(|d| (d.path.as_path(), d.read_only));
+                let block = Block::restore(saved, backing, mem).map_err(at_slot)?;
+                AttachedDevice::from(Arc::new(Mutex::new(block)))
+            }
+            DeviceState::Vsock(saved) => {
+                let cfg = vsock.ok_or(RestoreError::MissingVsock)?;
+                let saved = VsockState {
+                    cid: cfg.cid,
+                    ..saved.clone()
+                };
+                let vsock = Vsock::restore(&saved, &cfg.uds_path, mem).map_err(at_slot)?;
+                AttachedDevice::from(Arc::new(Mutex::new(vsock)))
+            }
+        };
+        let transport = MmioTransport::restore(mem.clone(), device.virtio(), &state.transport)
+            .map_err(at_slot)?;
+        attached.add(&mut wiring, slot, device, transport)?;
+    }
+    Ok(attached)
+}
+
+/// Rejects a restore request that does not fit the snapshot's devices
+/// before anything is opened or wired.
+fn check_restore_config(
+    states: &[MmioDeviceState],
+    disks: &[Option<DiskConfig>],
+    vsock: Option<&VsockConfig>,
+) -> Result<(), RestoreError> {
+    let count = |block: bool| {
+        states
+            .iter()
+            .filter(|s| matches!(s.device, DeviceState::Block(_)) == block)
+            .count()
+    };
+    let slots = count(true);
+    if disks.len() > slots {
+        return Err(RestoreError::TooManyDisks {
+            given: disks.len(),
+            slots,
+        });
+    }
+    match (count(false), vsock) {
+        (0, Some(_)) => Err(RestoreError::UnexpectedVsock),
+        (1, None) => Err(RestoreError::MissingVsock),
+        (n, _) if n > 1 => Err(RestoreError::DuplicateVsock),
+        _ => Ok(()),
+    }
+}
+
+/// A saved slot must be one this VM layout would have handed out.
+fn check_slot(slot: MmioSlot) -> Result<(), RestoreError> {
+    let index = slot
+        .base
+        .checked_sub(VIRTIO_MMIO_START)
+        .map(|off| off / VIRTIO_MMIO_SIZE);
+    let expected = index
+        .and_then(|i| usize::try_from(i).ok())
+        .and_then(MmioSlot::nth);
+    if expected == Some(slot) {
+        return Ok(());
+    }
+    Err(RestoreError::InvalidSlot {
+        base: slot.base,
+        len: slot.len,
+        irq: slot.irq,
+    })
 }
 
 #[cfg(test)]
@@ -228,6 +495,7 @@ mod tests {
             &mut em,
             &mut cmdline,
             &disks,
+            0,
             Some(&vsock),
         )
         .unwrap();
@@ -261,8 +529,17 @@ mod tests {
             path: PathBuf::from("/nonexistent/disk.img"),
             read_only: true,
         };
-        let err = attach_devices(&vm, &mem, &mut bus, &mut em, &mut cmdline, &[missing], None)
-            .unwrap_err();
+        let err = attach_devices(
+            &vm,
+            &mem,
+            &mut bus,
+            &mut em,
+            &mut cmdline,
+            &[missing],
+            0,
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
 
         let img = dir.as_path().join("a.img");
@@ -300,6 +577,7 @@ mod tests {
             &mut em,
             &mut cmdline,
             &[],
+            0,
             Some(&bad_cid),
         )
         .unwrap_err();

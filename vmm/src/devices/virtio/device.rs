@@ -70,6 +70,11 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool {
         self.core().is_activated()
     }
+    /// The virtio-mmio ConfigGeneration register: changes whenever the device
+    /// changes its configuration space behind the driver's back.
+    fn config_generation(&self) -> u32 {
+        self.core().config_generation
+    }
     /// Returns the device to its pre-negotiation state (driver wrote status 0).
     fn reset(&mut self) {
         self.core_mut().reset();
@@ -92,6 +97,9 @@ pub struct DeviceCore {
     pub activate_evt: EventFd,
     /// Guest memory, present exactly while the device is active.
     pub mem: Option<GuestMemoryMmap>,
+    /// See [`VirtioDevice::config_generation`]; survives resets, because the
+    /// driver only compares successive values.
+    pub config_generation: u32,
 }
 
 impl DeviceCore {
@@ -120,6 +128,7 @@ impl DeviceCore {
             irq: IrqTrigger::new()?,
             activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             mem: None,
+            config_generation: 0,
         })
     }
 

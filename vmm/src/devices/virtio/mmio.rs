@@ -64,14 +64,16 @@ pub mod status {
 }
 
 /// One virtio device behind virtio-mmio registers.
+///
+/// The register fields are visible to `persist`, which saves and restores them.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
     mem: GuestMemoryMmap,
-    interrupt_status: Arc<AtomicU32>,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    queue_sel: u32,
-    device_status: u32,
+    pub(super) interrupt_status: Arc<AtomicU32>,
+    pub(super) device_features_sel: u32,
+    pub(super) driver_features_sel: u32,
+    pub(super) queue_sel: u32,
+    pub(super) device_status: u32,
 }
 
 impl MmioTransport {
@@ -119,8 +121,9 @@ impl MmioTransport {
             reg::STATUS => self.device_status,
             // No shared memory regions: a length of all ones says "absent".
             reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX,
-            // The configuration space never changes under the driver.
-            reg::CONFIG_GENERATION => 0,
+            // Bumped when the host changes config space (a restored block
+            // slot with a new backing), so the driver re-reads it consistently.
+            reg::CONFIG_GENERATION => dev.config_generation(),
             _ => {
                 log::warn!("virtio-mmio: read of unknown register {offset:#x}");
                 0

@@ -11,16 +11,21 @@ pub mod block;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod persist;
 pub mod queue;
 pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
 
-pub use attach::{attach_devices, attach_mmio_device, AttachError, DeviceEventManager, MmioSlot};
+pub use attach::{
+    attach_devices, attach_mmio_device, restore_devices, AttachError, AttachedDevices,
+    DeviceEventManager, DeviceState, MmioDeviceState, MmioSlot, MmioSlotState,
+};
 pub use device::{ActivateError, DeviceCore, VirtioDevice};
 pub use interrupt::{IrqKind, IrqTrigger};
 pub use mmio::MmioTransport;
+pub use persist::{DeviceCoreState, MmioTransportState, RestoreError, VirtqueueState};
 
 /// Feature bits shared by every device (virtio 1.x, section 6).
 pub mod features {

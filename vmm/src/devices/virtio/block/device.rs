@@ -16,8 +16,14 @@ use crate::devices::virtio::queue::{drain_queue, GuestChain};
 
 const VIRTIO_ID_BLOCK: u32 = 2;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
-const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub(super) const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// What every block device offers; cold-booted read-only disks add RO.
+pub(super) const BASE_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_RING_F_EVENT_IDX
+    | VIRTIO_RING_F_INDIRECT_DESC
+    | VIRTIO_BLK_F_SEG_MAX
+    | VIRTIO_BLK_F_FLUSH;
 
 pub const BLOCK_QUEUE_SIZE: u16 = 256;
 /// A request needs a header and a status descriptor besides its data.
@@ -25,47 +31,67 @@ const SEG_MAX: u32 = BLOCK_QUEUE_SIZE as u32 - 2;
 /// capacity, size_max, seg_max, geometry, blk_size of struct virtio_blk_config.
 const CONFIG_LEN: usize = 24;
 
-/// A virtio block device.
+/// A virtio block device: a raw image, or an empty slot whose backing is
+/// chosen when a snapshot is restored.
 #[derive(Debug)]
 pub struct Block {
     pub(super) core: DeviceCore,
-    disk: DiskImage,
+    pub(super) disk: Option<DiskImage>,
     config: [u8; CONFIG_LEN],
     pub(super) queue_events_registered: bool,
+    /// Set by restore when the backing changed under an active driver: the
+    /// config interrupt is raised once the event loop has the device again.
+    pub(super) config_change_pending: bool,
 }
 
 impl Block {
-    /// Opens the raw image at `path`, read-write unless `read_only`.
+    /// Opens the raw image at `path`, read-write unless `read_only`. A
+    /// read-only disk advertises VIRTIO_BLK_F_RO, so the guest mounts it
+    /// read-only instead of discovering that writes fail.
     pub fn new(path: impl AsRef<Path>, read_only: bool) -> Result<Self, BlockError> {
         let path = path.as_ref();
         let disk = DiskImage::open(path, read_only)?;
-        let mut features = VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_RING_F_INDIRECT_DESC
-            | VIRTIO_BLK_F_SEG_MAX
-            | VIRTIO_BLK_F_FLUSH;
-        if read_only {
-            features |= VIRTIO_BLK_F_RO;
-        }
-        let core =
-            DeviceCore::new(features, &[BLOCK_QUEUE_SIZE]).map_err(|source| BlockError::Setup {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let mut config = [0u8; CONFIG_LEN];
-        config[0..8].copy_from_slice(&disk.sectors().to_le_bytes());
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        config[20..24].copy_from_slice(&512u32.to_le_bytes());
-        Ok(Self {
-            core,
-            disk,
-            config,
-            queue_events_registered: false,
-        })
+        let features = if read_only {
+            BASE_FEATURES | VIRTIO_BLK_F_RO
+        } else {
+            BASE_FEATURES
+        };
+        let core = new_core(features).map_err(|source| BlockError::Setup {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::with_parts(core, Some(disk)))
     }
 
-    pub fn disk(&self) -> &DiskImage {
-        &self.disk
+    /// A slot without a backing file: capacity 0, every I/O request fails.
+    /// It never advertises RO, because a slot's features are fixed at boot
+    /// while its backing (read-only or not) is chosen at restore time.
+    pub fn empty() -> Result<Self, BlockError> {
+        let core = new_core(BASE_FEATURES).map_err(BlockError::SlotSetup)?;
+        Ok(Self::with_parts(core, None))
+    }
+
+    pub(super) fn with_parts(core: DeviceCore, disk: Option<DiskImage>) -> Self {
+        let sectors = disk.as_ref().map_or(0, DiskImage::sectors);
+        Self {
+            core,
+            disk,
+            config: config_space(sectors),
+            queue_events_registered: false,
+            config_change_pending: false,
+        }
+    }
+
+    /// The backing image; `None` for an empty slot.
+    pub fn disk(&self) -> Option<&DiskImage> {
+        self.disk.as_ref()
+    }
+
+    /// Capacity in sectors as the guest sees it in config space.
+    pub fn capacity(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.config[0..8]);
+        u64::from_le_bytes(b)
     }
 
     /// Serves every request the driver has queued.
@@ -73,9 +99,11 @@ impl Block {
         let Some(mem) = self.core.mem.as_ref() else {
             return;
         };
-        let disk = &mut self.disk;
+        let mut disk = self.disk.as_mut();
         let queue = &mut self.core.queues[0];
-        match drain_queue(queue, mem, |chain| handle_chain(disk, mem, chain)) {
+        match drain_queue(queue, mem, |chain| {
+            handle_chain(disk.as_deref_mut(), mem, chain)
+        }) {
             Ok(true) => {
                 if let Err(e) = self.core.irq.trigger(IrqKind::Vring) {
                     log::error!("virtio-blk: cannot interrupt the guest: {e}");
@@ -88,10 +116,10 @@ impl Block {
 }
 
 /// Serves one chain; returns how many bytes went into its writable buffers.
-fn handle_chain(disk: &mut DiskImage, mem: &GuestMemoryMmap, chain: GuestChain<'_>) -> u32 {
+fn handle_chain(disk: Option<&mut DiskImage>, mem: &GuestMemoryMmap, chain: GuestChain<'_>) -> u32 {
     let (status_addr, code, written) = match Request::parse(mem, chain) {
         Ok(req) => {
-            let (code, written) = req.execute(disk, mem);
+            let (code, written) = req.execute_on(disk, mem);
             (req.status, code, written)
         }
         Err(failure) => {
@@ -108,6 +136,19 @@ fn handle_chain(disk: &mut DiskImage, mem: &GuestMemoryMmap, chain: GuestChain<'
         return 0;
     }
     written + 1
+}
+
+fn new_core(features: u64) -> std::io::Result<DeviceCore> {
+    DeviceCore::new(features, &[BLOCK_QUEUE_SIZE])
+}
+
+/// struct virtio_blk_config for a disk of `sectors` 512-byte sectors.
+fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
+    let mut config = [0u8; CONFIG_LEN];
+    config[0..8].copy_from_slice(&sectors.to_le_bytes());
+    config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+    config[20..24].copy_from_slice(&512u32.to_le_bytes());
+    config
 }
 
 impl VirtioDevice for Block {
@@ -272,7 +313,7 @@ mod tests {
         assert_eq!((len, st), (21, status::OK));
         let mut id = [0u8; 20];
         rig.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
-        assert_eq!(&id, rig.dev.lock().unwrap().disk().serial());
+        assert_eq!(&id, rig.dev.lock().unwrap().disk().unwrap().serial());
     }
 
     #[test]

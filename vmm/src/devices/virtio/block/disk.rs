@@ -27,6 +27,9 @@ pub enum BlockError {
     /// Creating the device's eventfds failed.
     #[error("cannot set up virtio-blk for {}: {source}", .path.display())]
     Setup { path: PathBuf, source: io::Error },
+    /// Creating an empty slot's eventfds failed.
+    #[error("cannot set up an empty virtio-blk slot: {0}")]
+    SlotSetup(#[source] io::Error),
 }
 
 /// An open image, its size in sectors and the serial reported to the guest.

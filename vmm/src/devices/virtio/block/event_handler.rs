@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::Block;
+use crate::devices::virtio::interrupt::IrqKind;
 
 impl Block {
     fn register_queue_events(&mut self, ops: &mut EventOps) {
@@ -14,6 +15,16 @@ impl Block {
         match ops.add(Events::new(&self.core.queue_events[0], EventSet::IN)) {
             Ok(()) => self.queue_events_registered = true,
             Err(e) => log::error!("virtio-blk: cannot watch the request queue: {e}"),
+        }
+    }
+
+    /// Tells the driver that restore changed the capacity under it.
+    fn raise_pending_config_change(&mut self) {
+        if !std::mem::take(&mut self.config_change_pending) {
+            return;
+        }
+        if let Err(e) = self.core.irq.trigger(IrqKind::Config) {
+            log::error!("virtio-blk: cannot raise the config interrupt: {e}");
         }
     }
 }
@@ -32,6 +43,7 @@ impl MutEventSubscriber for Block {
             let _ = self.core.activate_evt.read();
             if self.core.is_activated() {
                 self.register_queue_events(ops);
+                self.raise_pending_config_change();
                 // The driver may have queued requests before we watched the queue.
                 self.process_queue();
             }

@@ -3,7 +3,9 @@
 mod device;
 mod disk;
 mod event_handler;
+pub mod persist;
 pub mod request;
 
 pub use device::{Block, BLOCK_QUEUE_SIZE};
 pub use disk::{BlockError, DiskImage};
+pub use persist::{BackingState, BlockState};

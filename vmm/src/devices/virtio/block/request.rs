@@ -10,7 +10,7 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, Permissions,
 };
 
-use super::disk::DiskImage;
+use super::disk::{DiskImage, SERIAL_LEN};
 use crate::devices::virtio::queue::GuestChain;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -90,6 +90,8 @@ pub enum ExecuteError {
     PastEnd { sector: u64, len: u64 },
     #[error("write to a read-only disk")]
     ReadOnly,
+    #[error("the block slot has no backing file")]
+    NoBacking,
     #[error("disk I/O failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot write to guest memory: {0}")]
@@ -174,23 +176,30 @@ impl Request {
     /// Runs the request against `disk` and returns the status code and how
     /// many data bytes went into guest buffers.
     pub fn execute(&self, disk: &mut DiskImage, mem: &GuestMemoryMmap) -> (u8, u32) {
-        match self.run(disk, mem) {
+        self.execute_on(Some(disk), mem)
+    }
+
+    /// [`Request::execute`] on a block slot, which may have no backing: then
+    /// GET_ID answers an empty serial and every I/O request fails.
+    pub fn execute_on(&self, mut disk: Option<&mut DiskImage>, mem: &GuestMemoryMmap) -> (u8, u32) {
+        match self.run(disk.as_deref_mut(), mem) {
             Ok(written) => (status::OK, written),
             Err(RunError::Unsupported) => (status::UNSUPP, 0),
             Err(RunError::Failed(e)) => {
-                log::warn!(
-                    "virtio-blk: {:?} request on {} failed: {e}",
-                    self.kind,
-                    disk.path().display()
+                let name = disk.map_or_else(
+                    || "an empty slot".to_string(),
+                    |d| d.path().display().to_string(),
                 );
+                log::warn!("virtio-blk: {:?} request on {name} failed: {e}", self.kind);
                 (status::IOERR, 0)
             }
         }
     }
 
-    fn run(&self, disk: &mut DiskImage, mem: &GuestMemoryMmap) -> Result<u32, RunError> {
+    fn run(&self, disk: Option<&mut DiskImage>, mem: &GuestMemoryMmap) -> Result<u32, RunError> {
         match self.kind {
             RequestKind::In => {
+                let disk = backing(disk)?;
                 let offset = self.checked_offset(disk)?;
                 disk.read_to_guest(mem, offset, &self.data)
                     .map_err(ExecuteError::from)?;
@@ -198,6 +207,7 @@ impl Request {
                 Ok(self.data_len() as u32)
             }
             RequestKind::Out => {
+                let disk = backing(disk)?;
                 if disk.read_only() {
                     return Err(ExecuteError::ReadOnly.into());
                 }
@@ -207,23 +217,29 @@ impl Request {
                 Ok(0)
             }
             RequestKind::Flush => {
-                disk.flush().map_err(ExecuteError::from)?;
+                backing(disk)?.flush().map_err(ExecuteError::from)?;
                 Ok(0)
             }
             RequestKind::GetId => {
-                let mut serial: &[u8] = disk.serial();
-                let mut written = 0;
-                for seg in &self.data {
-                    let n = serial.len().min(seg.len as usize);
-                    mem.write_slice(&serial[..n], seg.addr)
-                        .map_err(ExecuteError::from)?;
-                    serial = &serial[n..];
-                    written += n as u32;
-                }
-                Ok(written)
+                // An empty slot still identifies itself, with an empty serial.
+                let serial = disk.map_or([0; SERIAL_LEN], |d| *d.serial());
+                self.write_id(&serial, mem)
             }
             RequestKind::Unsupported(_) => Err(RunError::Unsupported),
         }
+    }
+
+    /// Copies the GET_ID serial into the request's buffers.
+    fn write_id(&self, mut serial: &[u8], mem: &GuestMemoryMmap) -> Result<u32, RunError> {
+        let mut written = 0;
+        for seg in &self.data {
+            let n = serial.len().min(seg.len as usize);
+            mem.write_slice(&serial[..n], seg.addr)
+                .map_err(ExecuteError::from)?;
+            serial = &serial[n..];
+            written += n as u32;
+        }
+        Ok(written)
     }
 
     /// The byte offset of an IN/OUT request that stays inside the disk.
@@ -255,6 +271,11 @@ impl From<ExecuteError> for RunError {
     fn from(e: ExecuteError) -> Self {
         Self::Failed(e)
     }
+}
+
+/// The disk an I/O request needs; an empty slot has none.
+fn backing(disk: Option<&mut DiskImage>) -> Result<&mut DiskImage, ExecuteError> {
+    disk.ok_or(ExecuteError::NoBacking)
 }
 
 /// Removes the last byte of `segs` and returns its address.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::muxer::Muxer;
 use super::packet::{TxHeader, HEADER_LEN, MAX_PKT_DATA};
@@ -22,6 +22,12 @@ pub const DEFAULT_GUEST_CID: u32 = 3;
 pub(super) const RXQ: usize = 0;
 pub(super) const TXQ: usize = 1;
 pub(super) const EVQ: usize = 2;
+pub(super) const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, the only event of struct
+/// virtio_vsock_event { le32 id }: every connection is gone, re-read the CID.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+const EVENT_LEN: u32 = 4;
 
 /// Why a vsock device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -46,26 +52,34 @@ pub struct Vsock {
     cid: u32,
     config: [u8; 8],
     pub(super) queue_events_registered: bool,
+    /// Set by restore: the guest still believes in connections the snapshot
+    /// could not keep, and must be sent a transport reset on the event queue.
+    pub(super) reset_pending: bool,
 }
 
 impl Vsock {
     /// Gives the guest CID `cid` and listens for host connections on `uds_path`.
     pub fn new(cid: u32, uds_path: impl AsRef<Path>) -> Result<Self, VsockError> {
-        if cid < 3 || cid == u32::MAX {
-            return Err(VsockError::InvalidCid(cid));
-        }
-        let core = DeviceCore::new(
-            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
-            &[VSOCK_QUEUE_SIZE; 3],
-        )
-        .map_err(VsockError::Setup)?;
-        let muxer = Muxer::new(cid, uds_path.as_ref())?;
+        check_cid(cid)?;
+        let core = DeviceCore::new(FEATURES, &[VSOCK_QUEUE_SIZE; 3]).map_err(VsockError::Setup)?;
+        Self::with_core(core, cid, uds_path.as_ref())
+    }
+
+    /// Puts `core` behind a fresh muxer listening on `uds_path`; `cid` must
+    /// already have passed [`check_cid`].
+    pub(super) fn with_core(
+        core: DeviceCore,
+        cid: u32,
+        uds_path: &Path,
+    ) -> Result<Self, VsockError> {
+        let muxer = Muxer::new(cid, uds_path)?;
         Ok(Self {
             core,
             muxer,
             cid,
             config: u64::from(cid).to_le_bytes(),
             queue_events_registered: false,
+            reset_pending: false,
         })
     }
 
@@ -149,6 +163,85 @@ impl Vsock {
     }
 }
 
+impl Vsock {
+    /// Delivers a pending transport reset into the next event buffer the
+    /// guest posted. With none posted yet, asks to be kicked when one is and
+    /// stays pending; the event-queue handler calls this again.
+    pub(super) fn send_transport_reset(&mut self) {
+        let Some(mem) = self.core.mem.as_ref() else {
+            return;
+        };
+        let queue = &mut self.core.queues[EVQ];
+        let mut used = false;
+        let mut rearmed = false;
+        while self.reset_pending {
+            let chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                // The guest may post one while we re-arm: look once more.
+                Ok(None) if !rearmed => match queue.enable_notification(mem) {
+                    Ok(true) => {
+                        rearmed = true;
+                        continue;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        log::error!("virtio-vsock: event queue is broken: {e}");
+                        break;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("virtio-vsock: event queue is broken: {e}");
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let written = write_reset_event(mem, chain);
+            if let Err(e) = queue.add_used(mem, head, written) {
+                log::error!("virtio-vsock: cannot return event buffer: {e}");
+                break;
+            }
+            used = true;
+            // A buffer too small to hold the event went back empty: try the next.
+            self.reset_pending = written != EVENT_LEN;
+        }
+        if used && queue.needs_notification(mem).unwrap_or(true) {
+            signal(&self.core.irq);
+        }
+    }
+}
+
+/// Writes a TRANSPORT_RESET event into `chain`'s first device-writable
+/// buffer; returns the bytes written, 0 when it does not fit.
+fn write_reset_event(mem: &GuestMemoryMmap, chain: GuestChain<'_>) -> u32 {
+    let Some(desc) = chain.writable().next() else {
+        log::warn!("virtio-vsock: event buffer has no device-writable descriptor");
+        return 0;
+    };
+    if desc.len() < EVENT_LEN {
+        log::warn!(
+            "virtio-vsock: event buffer of {} bytes is too small",
+            desc.len()
+        );
+        return 0;
+    }
+    match mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), desc.addr()) {
+        Ok(()) => EVENT_LEN,
+        Err(e) => {
+            log::warn!("virtio-vsock: cannot write the transport reset event: {e}");
+            0
+        }
+    }
+}
+
+/// CIDs 0-2 and u32::MAX are reserved (hypervisor, local, host, any).
+pub(super) fn check_cid(cid: u32) -> Result<(), VsockError> {
+    if cid < 3 || cid == u32::MAX {
+        return Err(VsockError::InvalidCid(cid));
+    }
+    Ok(())
+}
+
 fn signal(irq: &IrqTrigger) {
     if let Err(e) = irq.trigger(IrqKind::Vring) {
         log::error!("virtio-vsock: cannot interrupt the guest: {e}");
@@ -212,6 +305,8 @@ impl VirtioDevice for Vsock {
         if self.core.is_activated() {
             self.muxer.reset();
         }
+        // A new driver has no connections to reset.
+        self.reset_pending = false;
         self.core.reset();
     }
 }

@@ -43,6 +43,7 @@ impl MutEventSubscriber for Vsock {
             let _ = self.core.activate_evt.read();
             if self.core.is_activated() {
                 self.register_queue_events(ops);
+                self.send_transport_reset();
                 self.process_tx();
                 self.process_rx();
             }
@@ -54,8 +55,8 @@ impl MutEventSubscriber for Vsock {
                     self.process_tx();
                     self.process_rx();
                 }
-                // The device never posts events (only needed after migration).
-                EVQ => {}
+                // A buffer for a transport reset still waiting after restore.
+                EVQ => self.send_transport_reset(),
                 _ => unreachable!("vsock has three queues"),
             }
         } else {

@@ -16,10 +16,12 @@ mod event_handler;
 mod host_connect;
 mod muxer;
 pub mod packet;
+pub mod persist;
 mod tx_buf;
 
 pub use device::{Vsock, VsockError, DEFAULT_GUEST_CID, VSOCK_QUEUE_SIZE};
 pub use muxer::MAX_CONNECTIONS;
+pub use persist::VsockState;
 
 #[cfg(test)]
 mod tests;
