@@ -435,6 +435,7 @@ mod tests {
     use vmm_sys_util::tempdir::TempDir;
 
     use super::*;
+    use crate::devices::virtio::persist::RestoreError;
     use crate::devices::virtio::test_utils::guest_memory;
 
     fn vm() -> Option<VmFd> {
@@ -582,5 +583,156 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("CID 2"), "{err}");
+    }
+
+    fn read_u32(bus: &Bus, addr: u64) -> u32 {
+        let mut b = [0u8; 4];
+        assert!(bus.read(addr, &mut b));
+        u32::from_le_bytes(b)
+    }
+
+    fn read_capacity(bus: &Bus, base: u64) -> u64 {
+        let mut b = [0u8; 8];
+        assert!(bus.read(base + 0x100, &mut b));
+        u64::from_le_bytes(b)
+    }
+
+    /// A template VM: one disk, two empty slots and a vsock; its saved devices.
+    fn template(vm: &VmFd, dir: &TempDir) -> Vec<MmioDeviceState> {
+        let img = dir.as_path().join("root.img");
+        std::fs::write(&img, vec![0u8; 8 * 512]).unwrap();
+        let mem = guest_memory();
+        let mut bus = Bus::new();
+        let mut em = DeviceEventManager::new().unwrap();
+        let mut cmdline = Cmdline::new(2048).unwrap();
+        let disks = [DiskConfig {
+            path: img,
+            read_only: true,
+        }];
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: dir.as_path().join("t.sock"),
+        };
+        let attached = attach_devices(
+            vm,
+            &mem,
+            &mut bus,
+            &mut em,
+            &mut cmdline,
+            &disks,
+            2,
+            Some(&vsock),
+        )
+        .unwrap();
+        let line = cmdline.as_cstring().unwrap().into_string().unwrap();
+        assert_eq!(line.matches("virtio_mmio.device=").count(), 4);
+        for i in 0..3u64 {
+            assert_eq!(
+                read_u32(&bus, VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE + 8),
+                2
+            );
+        }
+        assert_eq!(read_capacity(&bus, VIRTIO_MMIO_START), 8);
+        assert_eq!(read_capacity(&bus, VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE), 0);
+        assert_eq!(attached.len(), 4);
+        let states = crate::devices::virtio::test_utils::round_trip(&attached.save());
+        assert!(matches!(&states[1].device, DeviceState::Block(b) if b.backing.is_none()));
+        assert!(matches!(&states[3].device, DeviceState::Vsock(v) if v.cid == 3));
+        assert_eq!(states[2].slot, MmioSlot::nth(2).unwrap());
+        states
+    }
+
+    #[test]
+    fn template_devices_restore_with_new_backings() {
+        let Some(vm) = vm() else { return };
+        let dir = TempDir::new().unwrap();
+        let states = template(&vm, &dir);
+
+        let vm = self::vm().unwrap();
+        let data = dir.as_path().join("data.img");
+        std::fs::write(&data, vec![0u8; 32 * 512]).unwrap();
+        let mem = guest_memory();
+        let mut bus = Bus::new();
+        let mut em = DeviceEventManager::new().unwrap();
+        let vsock = VsockConfig {
+            cid: 9,
+            uds_path: dir.as_path().join("r.sock"),
+        };
+        let disks = [
+            None,
+            Some(DiskConfig {
+                path: data,
+                read_only: false,
+            }),
+        ];
+        let restored =
+            restore_devices(&vm, &mem, &mut bus, &mut em, &states, &disks, Some(&vsock)).unwrap();
+        assert_eq!(restored.len(), 4);
+        let base = |i: u64| VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE;
+        // Slot 0 lost its backing, slot 1 got one, slot 2 stays empty.
+        assert_eq!(read_capacity(&bus, base(0)), 0);
+        assert_eq!(read_capacity(&bus, base(1)), 32);
+        assert_eq!(read_capacity(&bus, base(2)), 0);
+        assert_eq!(read_capacity(&bus, base(3)), 9);
+        assert_eq!(read_u32(&bus, base(3) + 8), 19);
+        assert!(vsock.uds_path.exists());
+        let saved = restored.save();
+        assert!(matches!(&saved[3].device, DeviceState::Vsock(v) if v.cid == 9));
+    }
+
+    #[test]
+    fn restore_rejects_configs_that_do_not_fit() {
+        let Some(vm) = vm() else { return };
+        let dir = TempDir::new().unwrap();
+        let states = template(&vm, &dir);
+        let mem = guest_memory();
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: dir.as_path().join("r.sock"),
+        };
+        let restore = |states: &[MmioDeviceState], disks: &[Option<DiskConfig>], vsock| {
+            let vm = self::vm().unwrap();
+            let mut bus = Bus::new();
+            let mut em = DeviceEventManager::new().unwrap();
+            restore_devices(&vm, &mem, &mut bus, &mut em, states, disks, vsock).unwrap_err()
+        };
+
+        let err = restore(&states, &[None, None, None, None], Some(&vsock));
+        assert!(
+            matches!(err, RestoreError::TooManyDisks { given: 4, slots: 3 }),
+            "{err}"
+        );
+        let err = restore(&states, &[], None);
+        assert!(matches!(err, RestoreError::MissingVsock), "{err}");
+        let err = restore(&states[..3], &[], Some(&vsock));
+        assert!(matches!(err, RestoreError::UnexpectedVsock), "{err}");
+
+        let missing = Some(DiskConfig {
+            path: PathBuf::from("/nonexistent/vol.img"),
+            read_only: false,
+        });
+        let err = restore(&states, &[None, missing], Some(&vsock));
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/vol.img"), "{msg}");
+        assert!(
+            msg.contains(&format!("{:#x}", VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE)),
+            "{msg}"
+        );
+
+        let mut moved = states.clone();
+        moved[0].slot.irq = 3;
+        let err = restore(&moved, &[], Some(&vsock));
+        assert!(
+            matches!(err, RestoreError::InvalidSlot { irq: 3, .. }),
+            "{err}"
+        );
+
+        let mut corrupt = states.clone();
+        if let DeviceState::Block(b) = &mut corrupt[2].device {
+            b.core.queues[0].size = 100;
+        }
+        let err = restore(&corrupt, &[], Some(&vsock));
+        assert!(matches!(err, RestoreError::AtSlot { .. }), "{err}");
+        assert!(err.to_string().contains("virtio-blk"), "{err}");
     }
 }
