@@ -1,5 +1,8 @@
 //! The i8042 keyboard controller, reduced to what `reboot=k` uses: the CPU
 //! reset command (0xfe to port 0x64) signals the VMM to end the VM.
+//!
+//! It has no snapshot state: nothing the guest writes is kept, so a restored
+//! VM just gets a new `I8042` on its new reset eventfd.
 
 use vm_superio::I8042Device;
 

@@ -5,6 +5,10 @@
 //! `event_manager::MutEventSubscriber` for the work side: every queue and
 //! backend file descriptor is serviced on the VMM event loop, never on a vCPU
 //! thread. [`attach::attach_mmio_device`] wires one device into a VM.
+//!
+//! Snapshots: [`persist`] holds the state every device shares (queues,
+//! [`DeviceCore`], transport registers), each device a `persist.rs` with its
+//! own, and [`attach::restore_devices`] puts a saved set back into a new VM.
 
 pub mod attach;
 pub mod block;

@@ -213,3 +213,115 @@ impl MmioTransport {
         Ok(transport)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_memory, round_trip};
+
+    const MODEL: CoreModel<'static> = CoreModel {
+        device: "test-device",
+        queue_sizes: &[16, 8],
+        supported_features: 0xff,
+    };
+
+    fn configured_core() -> DeviceCore {
+        let mut core = DeviceCore::new(0x0f, &[16, 8]).unwrap();
+        core.acked_features = 0x05;
+        core.config_generation = 7;
+        for (i, q) in core.queues.iter_mut().enumerate() {
+            let base = 0x1_0000 * (i as u64 + 1);
+            q.set_size(8);
+            q.set_desc_table_address(Some(base as u32), None);
+            q.set_avail_ring_address(Some(base as u32 + 0x1000), None);
+            q.set_used_ring_address(Some(base as u32 + 0x2000), None);
+            q.set_next_avail(3);
+            q.set_next_used(2);
+            q.set_event_idx(true);
+            q.set_ready(true);
+        }
+        core
+    }
+
+    #[test]
+    fn queue_mirror_matches_virtio_queue() {
+        let core = configured_core();
+        let q = &core.queues[1];
+        let mirror = round_trip(&VirtqueueState::from(q));
+        assert_eq!(virtio_queue::QueueState::from(&mirror), q.state());
+    }
+
+    #[test]
+    fn inactive_core_round_trip() {
+        let core = configured_core();
+        let state = round_trip(&core.save());
+        assert!(!state.activated);
+        let restored = DeviceCore::restore(&state, MODEL, &guest_memory()).unwrap();
+        assert_eq!(restored.save(), state);
+        assert!(!restored.is_activated());
+        // Nothing for the event loop to do.
+        assert!(restored.activate_evt.read().is_err());
+    }
+
+    #[test]
+    fn active_core_is_reactivated_against_new_memory() {
+        let mut core = configured_core();
+        core.activate(guest_memory()).unwrap();
+        let state = round_trip(&core.save());
+        assert!(state.activated);
+        let mem = guest_memory();
+        let restored = DeviceCore::restore(&state, MODEL, &mem).unwrap();
+        assert!(restored.is_activated());
+        assert_eq!(restored.activate_evt.read().unwrap(), 1);
+        assert_eq!(restored.queues[0].next_avail(), 3);
+        assert!(restored.queues[0].event_idx_enabled());
+        assert_eq!(restored.acked_features, 0x05);
+        assert_eq!(restored.config_generation, 7);
+        let mut small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_8000)]).unwrap();
+        let err = DeviceCore::restore(&state, MODEL, &small).unwrap_err();
+        assert!(
+            matches!(err, RestoreError::QueueOutsideMemory { index: 1, .. }),
+            "{err}"
+        );
+        small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 0x1000)]).unwrap();
+        let err = DeviceCore::restore(&state, MODEL, &small).unwrap_err();
+        assert!(
+            matches!(err, RestoreError::QueueOutsideMemory { index: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn untrusted_core_state_is_rejected() {
+        let good = configured_core().save();
+        let mem = guest_memory();
+        let check = |state: &DeviceCoreState| {
+            let err = DeviceCore::restore(state, MODEL, &mem).unwrap_err();
+            assert!(err.to_string().starts_with("test-device:"), "{err}");
+            err
+        };
+        let mut bad = good.clone();
+        bad.queues[1].size = 6;
+        assert!(matches!(check(&bad), RestoreError::Queue { index: 1, .. }));
+        let mut bad = good.clone();
+        bad.queues[0].max_size = 0;
+        assert!(matches!(check(&bad), RestoreError::QueueMaxSize { .. }));
+        let mut bad = good.clone();
+        bad.queues[0].desc_table = 0x1_0001;
+        assert!(matches!(check(&bad), RestoreError::Queue { index: 0, .. }));
+        let mut bad = good.clone();
+        bad.avail_features = 0x100;
+        assert!(matches!(check(&bad), RestoreError::Features { .. }));
+        let mut bad = good.clone();
+        bad.acked_features = 0x30;
+        assert!(matches!(check(&bad), RestoreError::Features { .. }));
+        let mut bad = good;
+        bad.queues.clear();
+        assert!(matches!(
+            check(&bad),
+            RestoreError::QueueCount { saved: 0, .. }
+        ));
+    }
+}

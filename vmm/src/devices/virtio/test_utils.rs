@@ -18,6 +18,27 @@ pub fn guest_memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
 }
 
+/// A new guest memory with `mem`'s contents, as a restored VM gets: a
+/// restored device must work against it, not the memory it was saved from.
+pub fn copy_memory(mem: &GuestMemoryMmap) -> GuestMemoryMmap {
+    let copy = guest_memory();
+    let mut buf = vec![0u8; 16 << 20];
+    mem.read_slice(&mut buf, GuestAddress(0)).unwrap();
+    copy.write_slice(&buf, GuestAddress(0)).unwrap();
+    copy
+}
+
+/// `state` after a trip through JSON, checked to come back unchanged.
+pub fn round_trip<T>(state: &T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let json = serde_json::to_string(state).unwrap();
+    let back: T = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, state);
+    back
+}
+
 /// The guest bytes at `addr..addr + len` as one slice.
 pub fn guest_slice(mem: &GuestMemoryMmap, addr: u64, len: usize) -> VolatileSlice<'_, ()> {
     mem.get_slices(GuestAddress(addr), len, Permissions::ReadWrite)

@@ -171,89 +171,11 @@ impl VirtioDevice for Block {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
     use vm_memory::GuestAddress;
-    use vmm_sys_util::tempdir::TempDir;
 
     use super::*;
-    use crate::devices::virtio::mmio::MmioTransport;
-    use crate::devices::virtio::test_utils::{activate, guest_memory, Desc, GuestQueue};
-
-    const HDR: u64 = 0x10_0000;
-    const DATA: u64 = 0x20_0000;
-    const STATUS: u64 = 0x30_0000;
-    const DISK_LEN: usize = 64 * 1024;
-
-    type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
-
-    struct Rig {
-        _dir: TempDir,
-        path: std::path::PathBuf,
-        mem: GuestMemoryMmap,
-        dev: Arc<Mutex<Block>>,
-        _transport: MmioTransport,
-        queue: GuestQueue,
-        em: Manager,
-    }
-
-    impl Rig {
-        fn new(read_only: bool) -> Self {
-            let dir = TempDir::new().unwrap();
-            let path = dir.as_path().join("disk.img");
-            let contents: Vec<u8> = (0..DISK_LEN).map(|i| (i / 512) as u8).collect();
-            std::fs::write(&path, contents).unwrap();
-            let mem = guest_memory();
-            let dev = Arc::new(Mutex::new(Block::new(&path, read_only).unwrap()));
-            let mut transport = MmioTransport::new(mem.clone(), dev.clone());
-            let mut em = Manager::new().unwrap();
-            em.add_subscriber(dev.clone());
-            let queue = GuestQueue::new(GuestAddress(0x1000), 16);
-            activate(&mut transport, &[&queue]);
-            // Handle the activation event: registers the queue eventfd.
-            assert_eq!(em.run_with_timeout(1000).unwrap(), 1);
-            Self {
-                _dir: dir,
-                path,
-                mem,
-                dev,
-                _transport: transport,
-                queue,
-                em,
-            }
-        }
-
-        fn header(&self, kind: u32, sector: u64) {
-            self.mem.write_obj(kind, GuestAddress(HDR)).unwrap();
-            self.mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
-            self.mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
-            self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-        }
-
-        /// Publishes `descs`, kicks the queue and returns (used len, status).
-        fn submit(&mut self, descs: &[Desc]) -> (u32, u8) {
-            let head = self.queue.add_chain(&self.mem, descs);
-            self.kick();
-            let (id, len) = self
-                .queue
-                .next_used(&self.mem)
-                .expect("request not completed");
-            assert_eq!(id, u32::from(head));
-            (len, self.mem.read_obj(GuestAddress(STATUS)).unwrap())
-        }
-
-        fn kick(&mut self) {
-            self.dev.lock().unwrap().core.queue_events[0]
-                .write(1)
-                .unwrap();
-            assert_eq!(self.em.run_with_timeout(1000).unwrap(), 1);
-        }
-
-        fn file(&self) -> Vec<u8> {
-            std::fs::read(&self.path).unwrap()
-        }
-    }
+    use crate::devices::virtio::block::test_utils::{Rig, DATA, DISK_LEN, HDR, STATUS};
+    use crate::devices::virtio::test_utils::Desc;
 
     #[test]
     fn config_space() {

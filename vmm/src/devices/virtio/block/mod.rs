@@ -5,6 +5,8 @@ mod disk;
 mod event_handler;
 pub mod persist;
 pub mod request;
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 pub use device::{Block, BLOCK_QUEUE_SIZE};
 pub use disk::{BlockError, DiskImage};

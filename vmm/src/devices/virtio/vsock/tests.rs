@@ -19,7 +19,10 @@ use super::packet::{op, shutdown, TxHeader, HEADER_LEN, HOST_CID, TYPE_STREAM};
 use crate::devices::bus::BusDevice;
 use crate::devices::virtio::device::VirtioDevice;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::test_utils::{activate, guest_memory, Desc, GuestQueue};
+use crate::devices::virtio::persist::RestoreError;
+use crate::devices::virtio::test_utils::{
+    activate, copy_memory, guest_memory, round_trip, Desc, GuestQueue,
+};
 
 const CID: u32 = 3;
 const GUEST_PORT: u32 = 5000;
@@ -42,6 +45,7 @@ struct Guest {
     em: Manager,
     rxq: GuestQueue,
     txq: GuestQueue,
+    evq: GuestQueue,
     /// rx chain head -> (header address, data address)
     rx_bufs: HashMap<u32, (u64, u64)>,
     next_buf: u64,
@@ -72,6 +76,7 @@ impl Guest {
             em,
             rxq: GuestQueue::new(GuestAddress(0x1_0000), 256),
             txq: GuestQueue::new(GuestAddress(0x2_0000), 256),
+            evq: GuestQueue::new(GuestAddress(0x3_0000), 256),
             rx_bufs: HashMap::new(),
             next_buf: 0x10_0000,
         }
@@ -79,9 +84,9 @@ impl Guest {
 
     /// Probes the device like Linux: reset, negotiate, set up the queues.
     fn start_driver(&mut self) {
-        let evq = GuestQueue::new(GuestAddress(0x3_0000), 256);
+        self.evq = GuestQueue::new(GuestAddress(0x3_0000), 256);
         self.transport.write(0x70, &0u32.to_le_bytes());
-        activate(&mut self.transport, &[&self.rxq, &self.txq, &evq]);
+        activate(&mut self.transport, &[&self.rxq, &self.txq, &self.evq]);
         self.pump();
     }
 
@@ -121,6 +126,45 @@ impl Guest {
             self.rx_bufs.insert(u32::from(head), (hdr, data));
         }
         self.kick(0);
+    }
+
+    /// Posts one event buffer, as Linux keeps the event queue filled, and
+    /// returns its head and address.
+    fn post_event_buffer(&mut self) -> (u32, u64) {
+        let at = self.alloc(4);
+        self.mem.write_obj(u32::MAX, GuestAddress(at)).unwrap();
+        let head = self.evq.add_chain(&self.mem, &[Desc::w(at, 4)]);
+        self.kick(2);
+        (u32::from(head), at)
+    }
+
+    /// Saves the device and transport through JSON and restores them on a
+    /// copy of guest memory, listening on the same path, with guest CID `cid`.
+    fn snapshot_and_restore(&mut self, cid: u32) {
+        let mut state = round_trip(&self.dev.lock().unwrap().save());
+        state.cid = cid;
+        let regs = round_trip(&self.transport.save());
+        let mem = copy_memory(&self.mem);
+        let dev = Arc::new(Mutex::new(
+            Vsock::restore(&state, self.path(""), &mem).unwrap(),
+        ));
+        self.transport = MmioTransport::restore(mem.clone(), dev.clone(), &regs).unwrap();
+        self.em = Manager::new().unwrap();
+        self.em.add_subscriber(dev.clone());
+        // The old device and its host connections go away here.
+        self.dev = dev;
+        self.mem = mem;
+        self.pump();
+    }
+
+    fn interrupt_status(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.transport.read(0x60, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn ack_interrupts(&mut self) {
+        self.transport.write(0x64, &3u32.to_le_bytes());
     }
 
     fn kick(&mut self, queue: usize) {
@@ -720,4 +764,98 @@ fn host_connect_before_the_driver_is_delivered_once_it_runs() {
     g.start_driver();
     g.add_rx_buffers(2);
     assert_eq!(g.expect(op::REQUEST).h.dst_port, 1024);
+}
+
+#[test]
+fn restore_sends_transport_reset_and_drops_host_connections() {
+    let mut g = Guest::new();
+    g.add_rx_buffers(8);
+    let listener = UnixListener::bind(g.path("_1234")).unwrap();
+    let mut host = g.connect_from_guest(&listener, 1234, 65536);
+    let (head, at) = g.post_event_buffer();
+    g.ack_interrupts();
+
+    g.snapshot_and_restore(CID);
+
+    // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET in the pre-posted buffer.
+    assert_eq!(g.evq.next_used(&g.mem), Some((head, 4)));
+    let id: u32 = g.mem.read_obj(GuestAddress(at)).unwrap();
+    assert_eq!(id, 0);
+    assert_eq!(g.interrupt_status() & 1, 1);
+    // The host end of the old connection sees EOF; the muxer starts empty.
+    let mut b = [0u8; 1];
+    assert_eq!(host.read(&mut b).unwrap(), 0);
+    assert_eq!(g.dev.lock().unwrap().connection_count(), 0);
+    // Sent once only.
+    g.post_event_buffer();
+    assert!(g.evq.next_used(&g.mem).is_none());
+    // The guest reconnects through the new muxer, on the saved rx/tx rings.
+    let mut host = g.connect_from_guest(&listener, 1234, 65536);
+    g.send(op::RW, 1234, 0, 65536, 0, b"again");
+    assert_eq!(read_n(&mut host, 5), b"again");
+}
+
+#[test]
+fn restore_with_new_cid_waits_for_an_event_buffer() {
+    let mut g = Guest::new();
+    g.snapshot_and_restore(CID + 4);
+    let mut b = [0u8; 8];
+    g.dev.lock().unwrap().read_config(0, &mut b);
+    assert_eq!(u64::from_le_bytes(b), u64::from(CID + 4));
+    assert_eq!(g.dev.lock().unwrap().cid(), CID + 4);
+    // No event buffer yet: the reset waits for the guest to post one.
+    assert!(g.evq.next_used(&g.mem).is_none());
+    let (head, at) = g.post_event_buffer();
+    assert_eq!(g.evq.next_used(&g.mem), Some((head, 4)));
+    assert_eq!(g.mem.read_obj::<u32>(GuestAddress(at)).unwrap(), 0);
+}
+
+#[test]
+fn too_small_event_buffer_is_returned_empty() {
+    let mut g = Guest::new();
+    g.snapshot_and_restore(CID);
+    let small = g.alloc(2);
+    let first = g.evq.add_chain(&g.mem, &[Desc::w(small, 2)]);
+    let (second, _) = g.post_event_buffer();
+    assert_eq!(g.evq.next_used(&g.mem), Some((u32::from(first), 0)));
+    assert_eq!(g.evq.next_used(&g.mem), Some((second, 4)));
+}
+
+#[test]
+fn inactive_device_restores_without_reset() {
+    let mut g = Guest::without_driver();
+    let state = round_trip(&g.dev.lock().unwrap().save());
+    assert!(!state.core.activated);
+    let restored = Vsock::restore(&state, g.dir.as_path().join("r.sock"), &g.mem).unwrap();
+    assert!(!restored.reset_pending);
+    assert!(!restored.is_activated());
+    g.pump();
+}
+
+#[test]
+fn bad_vsock_state_is_an_error() {
+    let g = Guest::new();
+    let state = g.dev.lock().unwrap().save();
+    let path = g.dir.as_path().join("r.sock");
+
+    let mut bad = state.clone();
+    bad.cid = 2;
+    let err = Vsock::restore(&bad, &path, &g.mem).unwrap_err();
+    assert!(
+        matches!(err, RestoreError::Vsock(VsockError::InvalidCid(2))),
+        "{err}"
+    );
+
+    let mut bad = state.clone();
+    bad.core.queues.pop();
+    let err = Vsock::restore(&bad, &path, &g.mem).unwrap_err();
+    assert!(err.to_string().starts_with("virtio-vsock:"), "{err}");
+
+    let mut bad = state;
+    bad.core.queues[2].used_ring = 0xffff_ffff_0000;
+    let err = Vsock::restore(&bad, &path, &g.mem).unwrap_err();
+    assert!(
+        matches!(err, RestoreError::QueueOutsideMemory { index: 2, .. }),
+        "{err}"
+    );
 }

@@ -10,14 +10,17 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use serde::{Deserialize, Serialize};
 
-use super::block::{Block, BlockError, BlockState};
+use super::block::{Block, BlockError};
 use super::device::VirtioDevice;
 use super::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use super::persist::{MmioTransportState, RestoreError};
-use super::vsock::{Vsock, VsockError, VsockState};
+use super::vsock::{Vsock, VsockError};
 use crate::arch::x86_64::layout::{IRQ_MAX, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use crate::config::{DiskConfig, VsockConfig};
 use crate::devices::bus::{lock, Bus, BusError};
+
+mod persist;
+
+pub use persist::{restore_devices, DeviceState, MmioDeviceState, MmioSlotState};
 
 /// Registers plus room for the largest device config space.
 const MIN_WINDOW: u64 = 0x200;
@@ -132,6 +135,7 @@ impl<'a> Wiring<'a> {
     }
 
     /// Everything [`attach_mmio_device`] does except the command line.
+    /// `device` and `subscriber` are one object seen through its two traits.
     /// Returns the transport now on the bus.
     fn wire(
         &mut self,
@@ -234,22 +238,6 @@ impl std::fmt::Debug for AttachedDevices {
 }
 
 impl AttachedDevices {
-    /// The state of every device, in slot order. The caller pauses the vCPUs
-    /// and the event loop first, so nothing changes while this runs.
-    pub fn save(&self) -> Vec<MmioDeviceState> {
-        self.devices
-            .iter()
-            .map(|a| MmioDeviceState {
-                slot: a.slot,
-                transport: lock(&a.transport).save(),
-                device: match &a.device {
-                    AttachedDevice::Block(b) => DeviceState::Block(lock(b).save()),
-                    AttachedDevice::Vsock(v) => DeviceState::Vsock(lock(v).save()),
-                },
-            })
-            .collect()
-    }
-
     pub fn len(&self) -> usize {
         self.devices.len()
     }
@@ -274,23 +262,6 @@ impl AttachedDevices {
         });
         Ok(())
     }
-}
-
-/// Where a device lived in the snapshot's VM layout.
-pub type MmioSlotState = MmioSlot;
-
-/// One virtio-mmio device in a snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MmioDeviceState {
-    pub slot: MmioSlotState,
-    pub transport: MmioTransportState,
-    pub device: DeviceState,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum DeviceState {
-    Block(BlockState),
-    Vsock(VsockState),
 }
 
 /// Attaches the VM's disks (in order, so the first is `vda`), then
@@ -329,104 +300,6 @@ pub fn attach_devices(
     }
     Ok(attached)
 }
-/// Re-wires the devices of a snapshot, each at its saved slot (ioeventfds,
-/// irqfd, bus, event loop; the guest parsed its command line long ago).
-///
-/// Block slots, in saved order, get `disks[i]` as their new backing; a
-/// missing or `None` entry leaves the slot empty. The vsock listens on the
-/// configured socket and takes the configured CID. Devices the snapshot
-/// saved as active are re-activated against `mem`.
-pub fn restore_devices(
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    mmio_bus: &mut Bus,
-    event_manager: &mut DeviceEventManager,
-    states: &[MmioDeviceState],
-    disks: &[Option<DiskConfig>],
-    vsock: Option<&VsockConfig>,
-) -> Result<AttachedDevices, RestoreError> {
-    check_restore_config(states, disks, vsock)?;
-    let mut wiring = Wiring::new(vm, mmio_bus, event_manager);
-    let mut attached = AttachedDevices::default();
-    let mut disks = disks.iter();
-    for state in states {
-        let slot = state.slot;
-        check_slot(slot)?;
-        let at_slot = |source| RestoreError::AtSlot {
-            base: slot.base,
-            source: Box::new(source),
-        };
-        let device = match &state.device {
-            DeviceState::Block(saved) => {
-                let disk = disks.next().and_then(Option::as_ref);
-                let backing = disk.map(|d| (d.path.as_path(), d.read_only));
-                let block = Block::restore(saved, backing, mem).map_err(at_slot)?;
-                AttachedDevice::from(Arc::new(Mutex::new(block)))
-            }
-            DeviceState::Vsock(saved) => {
-                let cfg = vsock.ok_or(RestoreError::MissingVsock)?;
-                let saved = VsockState {
-                    cid: cfg.cid,
-                    ..saved.clone()
-                };
-                let vsock = Vsock::restore(&saved, &cfg.uds_path, mem).map_err(at_slot)?;
-                AttachedDevice::from(Arc::new(Mutex::new(vsock)))
-            }
-        };
-        let transport = MmioTransport::restore(mem.clone(), device.virtio(), &state.transport)
-            .map_err(at_slot)?;
-        attached.add(&mut wiring, slot, device, transport)?;
-    }
-    Ok(attached)
-}
-
-/// Rejects a restore request that does not fit the snapshot's devices
-/// before anything is opened or wired.
-fn check_restore_config(
-    states: &[MmioDeviceState],
-    disks: &[Option<DiskConfig>],
-    vsock: Option<&VsockConfig>,
-) -> Result<(), RestoreError> {
-    let count = |block: bool| {
-        states
-            .iter()
-            .filter(|s| matches!(s.device, DeviceState::Block(_)) == block)
-            .count()
-    };
-    let slots = count(true);
-    if disks.len() > slots {
-        return Err(RestoreError::TooManyDisks {
-            given: disks.len(),
-            slots,
-        });
-    }
-    match (count(false), vsock) {
-        (0, Some(_)) => Err(RestoreError::UnexpectedVsock),
-        (1, None) => Err(RestoreError::MissingVsock),
-        (n, _) if n > 1 => Err(RestoreError::DuplicateVsock),
-        _ => Ok(()),
-    }
-}
-
-/// A saved slot must be one this VM layout would have handed out.
-fn check_slot(slot: MmioSlot) -> Result<(), RestoreError> {
-    let index = slot
-        .base
-        .checked_sub(VIRTIO_MMIO_START)
-        .map(|off| off / VIRTIO_MMIO_SIZE);
-    let expected = index
-        .and_then(|i| usize::try_from(i).ok())
-        .and_then(MmioSlot::nth);
-    if expected == Some(slot) {
-        return Ok(());
-    }
-    Err(RestoreError::InvalidSlot {
-        base: slot.base,
-        len: slot.len,
-        irq: slot.irq,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -437,7 +310,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::guest_memory;
 
-    fn vm() -> Option<VmFd> {
+    pub(super) fn vm() -> Option<VmFd> {
         let kvm = match Kvm::new() {
             Ok(kvm) => kvm,
             Err(e) => {

@@ -1,0 +1,314 @@
+//! Snapshot state of the attached virtio devices, and their restore into a
+//! new VM at the slots they were saved from.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VmFd;
+use serde::{Deserialize, Serialize};
+use vm_memory::GuestMemoryMmap;
+
+use super::{AttachedDevice, AttachedDevices, DeviceEventManager, MmioSlot, Wiring};
+use crate::arch::x86_64::layout::{VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use crate::config::{DiskConfig, VsockConfig};
+use crate::devices::bus::{lock, Bus};
+use crate::devices::virtio::block::{Block, BlockState};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::persist::{MmioTransportState, RestoreError};
+use crate::devices::virtio::vsock::{Vsock, VsockState};
+
+/// Where a device lived in the snapshot's VM layout.
+pub type MmioSlotState = MmioSlot;
+
+/// One virtio-mmio device in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MmioDeviceState {
+    pub slot: MmioSlotState,
+    pub transport: MmioTransportState,
+    pub device: DeviceState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DeviceState {
+    Block(BlockState),
+    Vsock(VsockState),
+}
+
+impl AttachedDevices {
+    /// The state of every device, in slot order. The caller pauses the vCPUs
+    /// and the event loop first, so nothing changes while this runs.
+    pub fn save(&self) -> Vec<MmioDeviceState> {
+        self.devices
+            .iter()
+            .map(|a| MmioDeviceState {
+                slot: a.slot,
+                transport: lock(&a.transport).save(),
+                device: match &a.device {
+                    AttachedDevice::Block(b) => DeviceState::Block(lock(b).save()),
+                    AttachedDevice::Vsock(v) => DeviceState::Vsock(lock(v).save()),
+                },
+            })
+            .collect()
+    }
+}
+
+/// Re-wires the devices of a snapshot, each at its saved slot (ioeventfds,
+/// irqfd, bus, event loop; the guest parsed its command line long ago).
+///
+/// Block slots, in saved order, get `disks[i]` as their new backing; a
+/// missing or `None` entry leaves the slot empty. The vsock listens on the
+/// configured socket and takes the configured CID. Devices the snapshot
+/// saved as active are re-activated against `mem`.
+pub fn restore_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    event_manager: &mut DeviceEventManager,
+    states: &[MmioDeviceState],
+    disks: &[Option<DiskConfig>],
+    vsock: Option<&VsockConfig>,
+) -> Result<AttachedDevices, RestoreError> {
+    check_restore_config(states, disks, vsock)?;
+    let mut wiring = Wiring::new(vm, mmio_bus, event_manager);
+    let mut attached = AttachedDevices::default();
+    let mut disks = disks.iter();
+    for state in states {
+        let slot = state.slot;
+        check_slot(slot)?;
+        let at_slot = |source| RestoreError::AtSlot {
+            base: slot.base,
+            source: Box::new(source),
+        };
+        let device = match &state.device {
+            DeviceState::Block(saved) => {
+                let disk = disks.next().and_then(Option::as_ref);
+                let backing = disk.map(|d| (d.path.as_path(), d.read_only));
+                let block = Block::restore(saved, backing, mem).map_err(at_slot)?;
+                AttachedDevice::from(Arc::new(Mutex::new(block)))
+            }
+            DeviceState::Vsock(saved) => {
+                let cfg = vsock.ok_or(RestoreError::MissingVsock)?;
+                let saved = VsockState {
+                    cid: cfg.cid,
+                    ..saved.clone()
+                };
+                let vsock = Vsock::restore(&saved, &cfg.uds_path, mem).map_err(at_slot)?;
+                AttachedDevice::from(Arc::new(Mutex::new(vsock)))
+            }
+        };
+        let transport = MmioTransport::restore(mem.clone(), device.virtio(), &state.transport)
+            .map_err(at_slot)?;
+        attached.add(&mut wiring, slot, device, transport)?;
+    }
+    Ok(attached)
+}
+
+/// Rejects a restore request that does not fit the snapshot's devices
+/// before anything is opened or wired.
+fn check_restore_config(
+    states: &[MmioDeviceState],
+    disks: &[Option<DiskConfig>],
+    vsock: Option<&VsockConfig>,
+) -> Result<(), RestoreError> {
+    let count = |block: bool| {
+        states
+            .iter()
+            .filter(|s| matches!(s.device, DeviceState::Block(_)) == block)
+            .count()
+    };
+    let slots = count(true);
+    if disks.len() > slots {
+        return Err(RestoreError::TooManyDisks {
+            given: disks.len(),
+            slots,
+        });
+    }
+    match (count(false), vsock) {
+        (0, Some(_)) => Err(RestoreError::UnexpectedVsock),
+        (1, None) => Err(RestoreError::MissingVsock),
+        (n, _) if n > 1 => Err(RestoreError::DuplicateVsock),
+        _ => Ok(()),
+    }
+}
+
+/// A saved slot must be one this VM layout would have handed out.
+fn check_slot(slot: MmioSlot) -> Result<(), RestoreError> {
+    let index = slot
+        .base
+        .checked_sub(VIRTIO_MMIO_START)
+        .map(|off| off / VIRTIO_MMIO_SIZE);
+    let expected = index
+        .and_then(|i| usize::try_from(i).ok())
+        .and_then(MmioSlot::nth);
+    if expected == Some(slot) {
+        return Ok(());
+    }
+    Err(RestoreError::InvalidSlot {
+        base: slot.base,
+        len: slot.len,
+        irq: slot.irq,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use linux_loader::cmdline::Cmdline;
+    use vmm_sys_util::tempdir::TempDir;
+
+    use super::super::attach_devices;
+    use super::super::tests::vm;
+    use super::*;
+    use crate::devices::virtio::test_utils::guest_memory;
+
+    fn read_u32(bus: &Bus, addr: u64) -> u32 {
+        let mut b = [0u8; 4];
+        assert!(bus.read(addr, &mut b));
+        u32::from_le_bytes(b)
+    }
+
+    fn read_capacity(bus: &Bus, base: u64) -> u64 {
+        let mut b = [0u8; 8];
+        assert!(bus.read(base + 0x100, &mut b));
+        u64::from_le_bytes(b)
+    }
+
+    /// A template VM: one disk, two empty slots and a vsock; its saved devices.
+    fn template(vm: &VmFd, dir: &TempDir) -> Vec<MmioDeviceState> {
+        let img = dir.as_path().join("root.img");
+        std::fs::write(&img, vec![0u8; 8 * 512]).unwrap();
+        let mem = guest_memory();
+        let mut bus = Bus::new();
+        let mut em = DeviceEventManager::new().unwrap();
+        let mut cmdline = Cmdline::new(2048).unwrap();
+        let disks = [DiskConfig {
+            path: img,
+            read_only: true,
+        }];
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: dir.as_path().join("t.sock"),
+        };
+        let attached = attach_devices(
+            vm,
+            &mem,
+            &mut bus,
+            &mut em,
+            &mut cmdline,
+            &disks,
+            2,
+            Some(&vsock),
+        )
+        .unwrap();
+        let line = cmdline.as_cstring().unwrap().into_string().unwrap();
+        assert_eq!(line.matches("virtio_mmio.device=").count(), 4);
+        for i in 0..3u64 {
+            assert_eq!(
+                read_u32(&bus, VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE + 8),
+                2
+            );
+        }
+        assert_eq!(read_capacity(&bus, VIRTIO_MMIO_START), 8);
+        assert_eq!(read_capacity(&bus, VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE), 0);
+        assert_eq!(attached.len(), 4);
+        let states = crate::devices::virtio::test_utils::round_trip(&attached.save());
+        assert!(matches!(&states[1].device, DeviceState::Block(b) if b.backing.is_none()));
+        assert!(matches!(&states[3].device, DeviceState::Vsock(v) if v.cid == 3));
+        assert_eq!(states[2].slot, MmioSlot::nth(2).unwrap());
+        states
+    }
+
+    #[test]
+    fn template_devices_restore_with_new_backings() {
+        let Some(vm) = vm() else { return };
+        let dir = TempDir::new().unwrap();
+        let states = template(&vm, &dir);
+
+        let vm = self::vm().unwrap();
+        let data = dir.as_path().join("data.img");
+        std::fs::write(&data, vec![0u8; 32 * 512]).unwrap();
+        let mem = guest_memory();
+        let mut bus = Bus::new();
+        let mut em = DeviceEventManager::new().unwrap();
+        let vsock = VsockConfig {
+            cid: 9,
+            uds_path: dir.as_path().join("r.sock"),
+        };
+        let disks = [
+            None,
+            Some(DiskConfig {
+                path: data,
+                read_only: false,
+            }),
+        ];
+        let restored =
+            restore_devices(&vm, &mem, &mut bus, &mut em, &states, &disks, Some(&vsock)).unwrap();
+        assert_eq!(restored.len(), 4);
+        let base = |i: u64| VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE;
+        // Slot 0 lost its backing, slot 1 got one, slot 2 stays empty.
+        assert_eq!(read_capacity(&bus, base(0)), 0);
+        assert_eq!(read_capacity(&bus, base(1)), 32);
+        assert_eq!(read_capacity(&bus, base(2)), 0);
+        assert_eq!(read_capacity(&bus, base(3)), 9);
+        assert_eq!(read_u32(&bus, base(3) + 8), 19);
+        assert!(vsock.uds_path.exists());
+        let saved = restored.save();
+        assert!(matches!(&saved[3].device, DeviceState::Vsock(v) if v.cid == 9));
+    }
+
+    #[test]
+    fn restore_rejects_configs_that_do_not_fit() {
+        let Some(vm) = vm() else { return };
+        let dir = TempDir::new().unwrap();
+        let states = template(&vm, &dir);
+        let mem = guest_memory();
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: dir.as_path().join("r.sock"),
+        };
+        let restore = |states: &[MmioDeviceState], disks: &[Option<DiskConfig>], vsock| {
+            let vm = self::vm().unwrap();
+            let mut bus = Bus::new();
+            let mut em = DeviceEventManager::new().unwrap();
+            restore_devices(&vm, &mem, &mut bus, &mut em, states, disks, vsock).unwrap_err()
+        };
+
+        let err = restore(&states, &[None, None, None, None], Some(&vsock));
+        assert!(
+            matches!(err, RestoreError::TooManyDisks { given: 4, slots: 3 }),
+            "{err}"
+        );
+        let err = restore(&states, &[], None);
+        assert!(matches!(err, RestoreError::MissingVsock), "{err}");
+        let err = restore(&states[..3], &[], Some(&vsock));
+        assert!(matches!(err, RestoreError::UnexpectedVsock), "{err}");
+
+        let missing = Some(DiskConfig {
+            path: PathBuf::from("/nonexistent/vol.img"),
+            read_only: false,
+        });
+        let err = restore(&states, &[None, missing], Some(&vsock));
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/vol.img"), "{msg}");
+        assert!(
+            msg.contains(&format!("{:#x}", VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE)),
+            "{msg}"
+        );
+
+        let mut moved = states.clone();
+        moved[0].slot.irq = 3;
+        let err = restore(&moved, &[], Some(&vsock));
+        assert!(
+            matches!(err, RestoreError::InvalidSlot { irq: 3, .. }),
+            "{err}"
+        );
+
+        let mut corrupt = states.clone();
+        if let DeviceState::Block(b) = &mut corrupt[2].device {
+            b.core.queues[0].size = 100;
+        }
+        let err = restore(&corrupt, &[], Some(&vsock));
+        assert!(matches!(err, RestoreError::AtSlot { .. }), "{err}");
+        assert!(err.to_string().contains("virtio-blk"), "{err}");
+    }
+}
