@@ -24,7 +24,7 @@ use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_PORT_BASE, COM1_PORT_LEN};
 use crate::devices::legacy::trigger::EventFdTrigger;
-use crate::devices::virtio::persist::RestoreError as DeviceRestoreError;
+use crate::devices::virtio::RestoreError as DeviceRestoreError;
 use crate::devices::virtio::AttachedDevices;
 use crate::snapshot::{self, HostCpu, SnapshotError, SnapshotPaths};
 use crate::vmm::{VmParts, Vmm};
@@ -213,7 +213,7 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
     let console = console_writer(config.console)?;
     let (serial, reset_evt) =
         attach_legacy_devices(&vm, &mut wiring, console, false, Some(&state.serial))?;
-    let virtio = crate::devices::virtio::persist::restore_devices(
+    let virtio = crate::devices::virtio::attach::restore_devices(
         &vm,
         &mem,
         &mut wiring.mmio,

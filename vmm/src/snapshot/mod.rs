@@ -16,7 +16,7 @@ use kvm_ioctls::Kvm;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::legacy::persist::SerialDeviceState;
-use crate::devices::virtio::persist::MmioDeviceState;
+use crate::devices::virtio::MmioDeviceState;
 use crate::vstate::persist::{VcpuState, VmState};
 
 pub use format::FormatError;
@@ -61,9 +61,22 @@ pub struct HostCpu {
     pub vendor: String,
     /// CPUID leaf 1 EAX: family, model, stepping.
     pub signature: u32,
-    /// CRC-32 of every entry KVM_GET_SUPPORTED_CPUID returns.
+    /// CRC-32 of the feature words of KVM_GET_SUPPORTED_CPUID.
     pub features: u32,
 }
+
+/// The CPUID words that list features: (leaf, sub-leaf, EAX EBX ECX EDX
+/// mask). Other words carry per-CPU facts (APIC IDs of whichever host CPU
+/// ran the ioctl, cache topology) that differ from one call to the next.
+const FEATURE_WORDS: &[(u32, u32, [bool; 4])] = &[
+    (0x1, 0, [false, false, true, true]),
+    (0x7, 0, [false, true, true, true]),
+    (0x7, 1, [true, false, false, false]),
+    (0xd, 1, [true, false, false, false]),
+    (0x8000_0001, 0, [false, false, true, true]),
+    (0x8000_0007, 0, [false, false, false, true]),
+    (0x8000_0008, 0, [false, true, false, false]),
+];
 
 impl HostCpu {
     pub fn of(kvm: &Kvm) -> Result<HostCpu, SnapshotError> {
@@ -83,9 +96,14 @@ impl HostCpu {
             .unwrap_or_default();
         let signature = leaf(1).map_or(0, |e| e.eax);
         let mut hasher = crc32fast::Hasher::new();
-        for e in entries {
-            for w in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
-                hasher.update(&w.to_le_bytes());
+        for &(function, index, mask) in FEATURE_WORDS {
+            let words = entries
+                .iter()
+                .find(|e| e.function == function && e.index == index)
+                .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]);
+            hasher.update(&function.to_le_bytes());
+            for (w, keep) in words.iter().zip(mask) {
+                hasher.update(&if keep { *w } else { 0 }.to_le_bytes());
             }
         }
         Ok(HostCpu {
@@ -107,7 +125,7 @@ impl std::fmt::Display for HostCpu {
 }
 
 /// Everything in a snapshot but guest memory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotState {
     pub vmm_version: String,
     pub host_cpu: HostCpu,

@@ -101,7 +101,7 @@ impl From<&FpuState> for kvm_fpu {
 }
 
 /// Everything KVM keeps for one vCPU.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct VcpuState {
     pub id: u8,
     pub cpuid: Vec<kvm_cpuid_entry2>,
@@ -122,7 +122,7 @@ pub struct VcpuState {
 }
 
 /// What the VM (not a vCPU) keeps in KVM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct VmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,
