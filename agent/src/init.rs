@@ -203,18 +203,30 @@ pub fn announce_ready() {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// Flushes filesystems and asks the kernel to reboot, which with `reboot=k`
-/// ends the VM. Never returns.
+/// What to write back before powering off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Every filesystem (`sync`): for fatal paths, where nobody flushed the
+    /// volumes.
+    All,
+    /// Nothing: the volumes were flushed already.
+    Skip,
+}
+
+/// Asks the kernel to reboot, which with `reboot=k` ends the VM (unless
+/// the host killed it first). Never returns.
 ///
 /// Only PID 1 reboots: started in init mode by mistake on a host, the agent
 /// must not take the machine down, so it exits instead. (Inside a pid
 /// namespace, reboot only ends that namespace.)
-pub fn power_off() -> ! {
+pub fn power_off(flush: Flush) -> ! {
     if std::process::id() != 1 {
         agent_log!("not PID 1: exiting instead of powering off");
         std::process::exit(1);
     }
-    nix::unistd::sync();
+    if flush == Flush::All {
+        nix::unistd::sync();
+    }
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     // Only reachable if reboot failed: PID 1 must still not exit.
     loop {
@@ -227,7 +239,7 @@ pub fn power_off() -> ! {
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         agent_log!("fatal: {info}");
-        power_off();
+        power_off(Flush::All);
     }));
 }
 

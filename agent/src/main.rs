@@ -11,16 +11,20 @@ mod container;
 mod init;
 mod log;
 mod reaper;
+mod refresh;
 mod server;
 mod stdio;
+mod trace;
 mod transport;
 
 use std::process::ExitCode;
 
 use crate::config::{Config, ConfigError, USAGE};
+use crate::container::spawn::Stack;
 use crate::container::Settings;
 use crate::log::agent_log;
 use crate::reaper::Reaper;
+use crate::refresh::Refresher;
 use crate::server::Server;
 use crate::transport::Listener;
 
@@ -42,10 +46,15 @@ fn main() -> ExitCode {
     };
     let result = run(&config, started_at);
     if config.init {
-        if let Err(e) = result {
-            agent_log!("fatal: {e}");
+        match &result {
+            // Shutdown flushed the volumes; the host is killing the VM, and
+            // syncing the scratch disk would only delay the fallback.
+            Ok(()) => init::power_off(init::Flush::Skip),
+            Err(e) => {
+                agent_log!("fatal: {e}");
+                init::power_off(init::Flush::All)
+            }
         }
-        init::power_off();
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +85,15 @@ fn run(config: &Config, started_at: u64) -> Result<(), Box<dyn std::error::Error
         )
     })?;
     let reaper = Reaper::new()?;
+    // Work every container would otherwise repeat, done once here: before
+    // a template snapshot, so every clone starts with it done.
+    let stack = Stack::new().map_err(|e| format!("cannot map the container init's stack: {e}"))?;
+    container::capabilities::last_cap();
+    let refresher = if config.init {
+        Some(Refresher::open(std::path::Path::new("/dev/urandom"))?)
+    } else {
+        None
+    };
     let listener = Listener::bind(&config.listen)?;
     init::announce_ready();
     let ready_at = clock::boottime_ns();
@@ -83,8 +101,11 @@ fn run(config: &Config, started_at: u64) -> Result<(), Box<dyn std::error::Error
         state_dir: config.state_dir.clone(),
         cgroup_root: config.cgroup_root.clone(),
     };
-    Server::new(listener, reaper, settings)
-        .with_boot_times(started_at, ready_at)
-        .run();
+    let mut server =
+        Server::new(listener, reaper, settings, stack).with_boot_times(started_at, ready_at);
+    if let Some(r) = refresher {
+        server = server.for_guest_init(r);
+    }
+    server.run();
     Ok(())
 }

@@ -13,9 +13,11 @@ use bulkhead_protocol::{
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::container::spawn::Stack;
 use crate::container::{Container, Settings};
 use crate::log::agent_log;
 use crate::reaper::Reaper;
+use crate::refresh::{Refresh, Refresher};
 use crate::stdio::{ReadOutcome, Stream, STDIN_HIGH_WATER};
 use crate::transport::{Connection, Listener};
 
@@ -35,6 +37,14 @@ pub struct Server {
     listener: Listener,
     reaper: Reaper,
     settings: Settings,
+    /// The container init's stack, made once at start-up.
+    stack: Stack,
+    /// Applies Refresh; `None` on a host, whose RNG, clock and name are
+    /// not the agent's to change (Refresh is then checked and answered).
+    refresher: Option<Refresher>,
+    /// The VM ends right after Shutdown: skip the teardown (unmounts,
+    /// cgroup removal) nobody will see.
+    powers_off: bool,
     next_id: u64,
     /// The agent's start and ready times, by the guest clock.
     boot_times: Option<(u64, u64)>,
@@ -47,14 +57,25 @@ enum ConnectionEnd {
 }
 
 impl Server {
-    pub fn new(listener: Listener, reaper: Reaper, settings: Settings) -> Server {
+    pub fn new(listener: Listener, reaper: Reaper, settings: Settings, stack: Stack) -> Server {
         Server {
             listener,
             reaper,
             settings,
+            stack,
+            refresher: None,
+            powers_off: false,
             next_id: 0,
             boot_times: None,
         }
+    }
+
+    /// Runs as the guest's PID 1: Refresh is applied with `refresher`, and
+    /// the VM powers off after Shutdown, so containers are not torn down.
+    pub fn for_guest_init(mut self, refresher: Refresher) -> Server {
+        self.refresher = Some(refresher);
+        self.powers_off = true;
+        self
     }
 
     /// Reports `started` and `ready` (CLOCK_BOOTTIME ns) with every
@@ -103,15 +124,18 @@ impl Server {
             decoder: FrameDecoder::new(),
             greeted: false,
             container: None,
+            finished: None,
             wait_requested: false,
         };
         let end = session.run(self);
-        if let Some(c) = session.container.take() {
-            c.destroy();
-        }
         if let ConnectionEnd::Shutdown = end {
             session.conn.linger(SHUTDOWN_LINGER);
+            if self.powers_off {
+                // The volumes are flushed; the VM is about to end.
+                return end;
+            }
         }
+        session.destroy_all();
         end
     }
 
@@ -129,6 +153,10 @@ struct Session {
     decoder: FrameDecoder,
     greeted: bool,
     container: Option<Container>,
+    /// A container whose exit was reported: torn down lazily (before the
+    /// next one, or when the connection ends), so the host does not wait
+    /// for unmounts, and skipped entirely when the VM powers off.
+    finished: Option<Container>,
     wait_requested: bool,
 }
 
@@ -146,6 +174,15 @@ struct Ready {
 struct Disconnected;
 
 impl Session {
+    fn destroy_all(&mut self) {
+        for c in [self.container.take(), self.finished.take()]
+            .into_iter()
+            .flatten()
+        {
+            c.destroy();
+        }
+    }
+
     fn run(&mut self, server: &mut Server) -> ConnectionEnd {
         loop {
             if self.send_exit_if_done().is_err() {
@@ -153,7 +190,7 @@ impl Session {
             }
             let ready = self.poll_once(&server.reaper);
             if ready.child {
-                let watched = self.container.as_ref().map(Container::pid);
+                let watched = self.container.as_ref().and_then(Container::pid);
                 if let Some(status) = server.reaper.reap(watched) {
                     if let Some(c) = &mut self.container {
                         c.set_exited(status);
@@ -263,12 +300,13 @@ impl Session {
             return Ok(());
         };
         self.wait_requested = false;
-        // Reply first: the host should not wait for our cleanup.
-        let sent = self.send(&AgentMessage::Exit(status));
-        if let Some(c) = self.container.take() {
-            c.destroy();
-        }
-        sent
+        let Some(mut c) = self.container.take() else {
+            return Ok(());
+        };
+        let steps = c.exit_steps();
+        // The teardown waits: the host should not wait for our cleanup.
+        self.finished = Some(c);
+        self.send(&AgentMessage::Exit { status, steps })
     }
 
     fn read_requests(
@@ -350,10 +388,37 @@ impl Session {
         }
         match msg {
             HostMessage::Hello { .. } => self.error("already greeted")?,
+            HostMessage::Refresh {
+                entropy,
+                realtime_ns,
+                hostname,
+            } => {
+                let refresh = Refresh {
+                    entropy: &entropy,
+                    realtime_ns,
+                    hostname: hostname.as_deref(),
+                };
+                let result = if self.container.is_some() || self.finished.is_some() {
+                    Err("refresh is only accepted before any container".to_string())
+                } else {
+                    match &server.refresher {
+                        Some(r) => r.apply(&refresh),
+                        None => refresh.validate(),
+                    }
+                    .map_err(|e| format!("cannot refresh: {e}"))
+                };
+                match result {
+                    Ok(()) => self.send(&AgentMessage::Refreshed)?,
+                    Err(e) => self.error(e)?,
+                }
+            }
             HostMessage::CreateContainer { spec } => {
                 if self.container.is_some() {
                     self.error("a container already exists in this VM")?;
                 } else {
+                    if let Some(old) = self.finished.take() {
+                        old.destroy();
+                    }
                     let id = server.container_id();
                     match Container::create(&id, &spec, &server.settings) {
                         Ok(c) => {
@@ -366,8 +431,8 @@ impl Session {
             }
             HostMessage::Start => match &mut self.container {
                 None => self.error("no container to start")?,
-                Some(c) => match c.start() {
-                    Ok(pid) => {
+                Some(c) => match c.start(&mut server.stack) {
+                    Ok((pid, steps)) => {
                         let times = server.boot_times.map(|(start, ready)| GuestTimes {
                             agent_start_ns: start,
                             agent_ready_ns: ready,
@@ -376,6 +441,7 @@ impl Session {
                         self.send(&AgentMessage::Started {
                             pid: pid.as_raw() as u32,
                             times,
+                            steps,
                         })?
                     }
                     Err(e) => {
@@ -418,8 +484,19 @@ impl Session {
                 None => self.error("no container to wait for")?,
             },
             HostMessage::Shutdown => {
-                if let Some(c) = self.container.take() {
-                    c.destroy();
+                // The host kills the VM once it has the reply, so the reply
+                // waits for the one thing that must outlive the VM: the
+                // volumes' data. Nothing else is flushed or torn down.
+                let mut flushed = Ok(());
+                for c in [&mut self.container, &mut self.finished]
+                    .into_iter()
+                    .flatten()
+                {
+                    c.stop();
+                    flushed = flushed.and(c.flush_volumes());
+                }
+                if let Err(e) = flushed {
+                    self.error(e)?;
                 }
                 self.send(&AgentMessage::ShuttingDown)?;
                 return Ok(Some(ConnectionEnd::Shutdown));

@@ -84,22 +84,36 @@ impl Stdio {
         ))
     }
 
-    /// A pty master received from the container. Stdin gets its own
-    /// descriptor so closing stdin does not close the output side.
-    pub fn pty(master: OwnedFd) -> nix::Result<Stdio> {
+    /// A terminal whose pty the container has not opened yet (it does so
+    /// when it starts): no descriptors, so nothing to poll.
+    pub fn awaiting_pty() -> Stdio {
+        Stdio {
+            stdin: None,
+            pending: Vec::new(),
+            close_requested: false,
+            stdout: None,
+            stderr: None,
+            tty: true,
+        }
+    }
+
+    /// Takes the pty master received from the container. Stdin gets its
+    /// own descriptor so closing stdin does not close the output side. A
+    /// close of stdin requested before is honoured now.
+    pub fn attach_pty(&mut self, master: OwnedFd) -> nix::Result<()> {
         // Shared file description: non-blocking for both reads and writes.
         set_nonblocking(&master)?;
         let input = master
             .try_clone()
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-        Ok(Stdio {
-            stdin: Some(input),
-            pending: Vec::new(),
-            close_requested: false,
-            stdout: Some(master),
-            stderr: None,
-            tty: true,
-        })
+        let close = std::mem::take(&mut self.close_requested);
+        self.stdin = Some(input);
+        self.stdout = Some(master);
+        self.tty = true;
+        if close {
+            self.close_stdin();
+        }
+        Ok(())
     }
 
     pub fn stdout_fd(&self) -> Option<BorrowedFd<'_>> {

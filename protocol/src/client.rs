@@ -29,8 +29,9 @@
 //!     }
 //! };
 //! // Then shut the VM down: writer.shutdown(), read until
-//! // Event::ShuttingDown, and drop both halves (the agent powers off as
-//! // soon as the connection closes, or after one second).
+//! // Event::ShuttingDown (the volumes are flushed by then) and kill the VM;
+//! // the agent also powers off by itself once the connection closes, or
+//! // after one second.
 //! # Ok(status.code()) }
 //! ```
 
@@ -41,7 +42,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::error::ProtocolError;
 use crate::frame::{read_message, write_message, MAX_DATA_CHUNK};
-use crate::message::{AgentMessage, ExitStatus, GuestTimes, HostMessage};
+use crate::message::{AgentMessage, ExitStatus, GuestTimes, HostMessage, StepTime};
 use crate::spec::ContainerSpec;
 use crate::PROTOCOL_VERSION;
 
@@ -95,18 +96,40 @@ fn describe(msg: &AgentMessage) -> String {
     }
 }
 
+/// The agent's reply to `Start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// The process's pid in the guest.
+    pub pid: u32,
+    /// The agent's boot milestones, if it reports them.
+    pub times: Option<GuestTimes>,
+    /// The guest-side steps of creating and starting the container.
+    pub steps: Vec<StepTime>,
+}
+
+/// The next event and, for [`Event::Exit`], the guest-side steps from the
+/// exec to the exit reply (empty for every other event).
+fn next_event_with_steps<R: Read + ?Sized>(
+    r: &mut R,
+) -> Result<(Event, Vec<StepTime>), ProtocolError> {
+    let event = match read_message(r)? {
+        AgentMessage::Stdout(d) => Event::Stdout(d),
+        AgentMessage::Stderr(d) => Event::Stderr(d),
+        AgentMessage::Exit { status, steps } => return Ok((Event::Exit(status), steps)),
+        AgentMessage::Error { message } => Event::Error(message),
+        AgentMessage::ShuttingDown => Event::ShuttingDown,
+        other => {
+            return Err(ProtocolError::Unexpected {
+                expected: "an output or exit event",
+                got: describe(&other),
+            })
+        }
+    };
+    Ok((event, Vec::new()))
+}
+
 fn next_event<R: Read + ?Sized>(r: &mut R) -> Result<Event, ProtocolError> {
-    match read_message(r)? {
-        AgentMessage::Stdout(d) => Ok(Event::Stdout(d)),
-        AgentMessage::Stderr(d) => Ok(Event::Stderr(d)),
-        AgentMessage::Exit(s) => Ok(Event::Exit(s)),
-        AgentMessage::Error { message } => Ok(Event::Error(message)),
-        AgentMessage::ShuttingDown => Ok(Event::ShuttingDown),
-        other => Err(ProtocolError::Unexpected {
-            expected: "an output or exit event",
-            got: describe(&other),
-        }),
-    }
+    next_event_with_steps(r).map(|(event, _)| event)
 }
 
 /// Sends `data` as stdin frames of at most [`MAX_DATA_CHUNK`] bytes.
@@ -160,6 +183,30 @@ impl<S: Read + Write> AgentClient<S> {
         }
     }
 
+    /// Makes a VM restored from a template distinct from its siblings:
+    /// mixes `entropy` into the guest's RNG and reseeds it, sets the guest's
+    /// wall clock to `realtime_ns` (ns since the Unix epoch) and, if given,
+    /// its hostname. Call it after [`handshake`](Self::handshake), before
+    /// [`create`](Self::create).
+    pub fn refresh(
+        &mut self,
+        entropy: &[u8],
+        realtime_ns: u64,
+        hostname: Option<&str>,
+    ) -> Result<(), ProtocolError> {
+        match self.call(&HostMessage::Refresh {
+            entropy: entropy.to_vec(),
+            realtime_ns,
+            hostname: hostname.map(str::to_string),
+        })? {
+            AgentMessage::Refreshed => Ok(()),
+            other => Err(ProtocolError::Unexpected {
+                expected: "Refreshed",
+                got: describe(&other),
+            }),
+        }
+    }
+
     /// Builds the container; on error nothing is left behind in the guest.
     pub fn create(&mut self, spec: &ContainerSpec) -> Result<(), ProtocolError> {
         match self.call(&HostMessage::CreateContainer {
@@ -181,8 +228,14 @@ impl<S: Read + Write> AgentClient<S> {
     /// Like [`start`](Self::start), also returning the agent's milestones
     /// when the agent reports them.
     pub fn start_timed(&mut self) -> Result<(u32, Option<GuestTimes>), ProtocolError> {
+        self.start_traced().map(|s| (s.pid, s.times))
+    }
+
+    /// Like [`start`](Self::start), returning the whole reply: the agent's
+    /// milestones and the guest-side steps of create and start.
+    pub fn start_traced(&mut self) -> Result<Started, ProtocolError> {
         match self.call(&HostMessage::Start)? {
-            AgentMessage::Started { pid, times } => Ok((pid, times)),
+            AgentMessage::Started { pid, times, steps } => Ok(Started { pid, times, steps }),
             other => Err(ProtocolError::Unexpected {
                 expected: "Started",
                 got: describe(&other),
@@ -215,8 +268,15 @@ impl<S: Read + Write> AgentClient<S> {
         next_event(&mut self.stream)
     }
 
+    /// Like [`next_event`](Self::next_event), with the guest-side steps
+    /// that come with [`Event::Exit`].
+    pub fn next_event_with_steps(&mut self) -> Result<(Event, Vec<StepTime>), ProtocolError> {
+        next_event_with_steps(&mut self.stream)
+    }
+
     /// Asks the agent to power the VM off, skipping any output still in
-    /// flight, and waits for its acknowledgement.
+    /// flight, and waits for its acknowledgement: once it returns, the
+    /// container's volumes are flushed and the VM can be killed.
     pub fn shutdown(&mut self) -> Result<(), ProtocolError> {
         send(&mut self.stream, &HostMessage::Shutdown)?;
         loop {
@@ -286,6 +346,12 @@ pub struct AgentReader<R> {
 impl<R: Read> AgentReader<R> {
     pub fn next_event(&mut self) -> Result<Event, ProtocolError> {
         next_event(&mut self.stream)
+    }
+
+    /// Like [`next_event`](Self::next_event), with the guest-side steps
+    /// that come with [`Event::Exit`].
+    pub fn next_event_with_steps(&mut self) -> Result<(Event, Vec<StepTime>), ProtocolError> {
+        next_event_with_steps(&mut self.stream)
     }
 }
 
@@ -363,6 +429,7 @@ mod tests {
                 AgentMessage::Started {
                     pid: 3,
                     times: Some(times),
+                    steps: Vec::new(),
                 },
             );
             assert_eq!(expect(far), HostMessage::Start);
@@ -371,11 +438,72 @@ mod tests {
                 AgentMessage::Started {
                     pid: 4,
                     times: None,
+                    steps: Vec::new(),
+                },
+            );
+            assert_eq!(expect(far), HostMessage::Start);
+            reply(
+                far,
+                AgentMessage::Started {
+                    pid: 5,
+                    times: None,
+                    steps: vec![clone_step()],
                 },
             );
         });
         assert_eq!(c.start_timed().unwrap(), (3, Some(times)));
         assert_eq!(c.start().unwrap(), 4);
+        assert_eq!(
+            c.start_traced().unwrap(),
+            Started {
+                pid: 5,
+                times: None,
+                steps: vec![clone_step()]
+            }
+        );
+        t.join().unwrap();
+    }
+
+    fn clone_step() -> StepTime {
+        StepTime {
+            name: "clone".into(),
+            ns: 12,
+            faults: 1,
+        }
+    }
+
+    #[test]
+    fn refresh_sends_its_fields_and_takes_refreshed() {
+        let (mut c, t) = with_fake_agent(|far| {
+            assert_eq!(
+                expect(far),
+                HostMessage::Refresh {
+                    entropy: vec![9; 64],
+                    realtime_ns: 42,
+                    hostname: Some("clone-1".into()),
+                }
+            );
+            reply(far, AgentMessage::Refreshed);
+            assert_eq!(
+                expect(far),
+                HostMessage::Refresh {
+                    entropy: vec![1],
+                    realtime_ns: 43,
+                    hostname: None,
+                }
+            );
+            reply(
+                far,
+                AgentMessage::Error {
+                    message: "cannot set the clock".into(),
+                },
+            );
+        });
+        c.refresh(&[9; 64], 42, Some("clone-1")).unwrap();
+        match c.refresh(&[1], 43, None) {
+            Err(ProtocolError::Agent(m)) => assert!(m.contains("clock")),
+            other => panic!("{other:?}"),
+        }
         t.join().unwrap();
     }
 
@@ -429,10 +557,13 @@ mod tests {
             assert_eq!(got, expected);
             reply(
                 far,
-                AgentMessage::Exit(ExitStatus {
-                    termination: Termination::Exited { code: 0 },
-                    oom_killed: false,
-                }),
+                AgentMessage::Exit {
+                    status: ExitStatus {
+                        termination: Termination::Exited { code: 0 },
+                        oom_killed: false,
+                    },
+                    steps: vec![clone_step()],
+                },
             );
         });
         let (mut w, mut r) = c.split().unwrap();
@@ -443,9 +574,15 @@ mod tests {
         });
         let mut out = Vec::new();
         let status = loop {
-            match r.next_event().unwrap() {
-                Event::Stdout(d) => out.extend(d),
-                Event::Exit(s) => break s,
+            match r.next_event_with_steps().unwrap() {
+                (Event::Stdout(d), steps) => {
+                    assert!(steps.is_empty());
+                    out.extend(d)
+                }
+                (Event::Exit(s), steps) => {
+                    assert_eq!(steps, [clone_step()]);
+                    break s;
+                }
                 other => panic!("{other:?}"),
             }
         };

@@ -8,14 +8,19 @@
 //! A session goes:
 //! 1. host `Hello { version }` -> agent `Hello { version }` (the agent closes
 //!    the connection after its reply if the versions differ);
-//! 2. `CreateContainer { spec }` -> `Created`;
-//! 3. `Start` -> `Started { pid, times }` (`times`: the agent's boot
-//!    milestones, optional); from here on the agent streams
+//! 2. only for a VM restored from a template, before any container:
+//!    `Refresh { entropy, realtime_ns, hostname }` -> `Refreshed`;
+//! 3. `CreateContainer { spec }` -> `Created`;
+//! 4. `Start` -> `Started { pid, times, steps }` (`times`: the agent's boot
+//!    milestones, `steps`: its per-container work, both optional); from
+//!    here on the agent streams
 //!    `Stdout`/`Stderr` frames and the host may send `Stdin`, `CloseStdin`,
 //!    `Signal`, `ResizeTty` (no replies; failures come back as `Error`);
-//! 4. `Wait` -> `Exit(status)`, sent once the process has exited and all of
-//!    its output has been forwarded;
-//! 5. `Shutdown` -> `ShuttingDown`, then the agent powers the VM off.
+//! 5. `Wait` -> `Exit { status, steps }`, sent once the process has exited
+//!    and all of its output has been forwarded;
+//! 6. `Shutdown` -> `ShuttingDown`, sent once the container's volumes are
+//!    flushed: the host may kill the VM at once; the agent powers it off
+//!    too, in case the host does not.
 //!
 //! Any request may instead be answered with `Error { message }`.
 
@@ -25,10 +30,12 @@ pub mod frame;
 pub mod message;
 pub mod spec;
 
-pub use client::{AgentClient, AgentReader, AgentWriter, Event, TryClone};
+pub use client::{AgentClient, AgentReader, AgentWriter, Event, Started, TryClone};
 pub use error::ProtocolError;
 pub use frame::{read_message, write_message, FrameDecoder, MAX_DATA_CHUNK, MAX_FRAME_LEN};
-pub use message::{AgentMessage, ExitStatus, GuestTimes, HostMessage, Message, Termination};
+pub use message::{
+    AgentMessage, ExitStatus, GuestTimes, HostMessage, Message, StepTime, Termination,
+};
 pub use spec::{
     ContainerSpec, ProcessSpec, Resources, Rlimit, RlimitKind, Source, SpecError, Storage, TtySize,
     User, Volume,
@@ -36,7 +43,10 @@ pub use spec::{
 
 /// The protocol version spoken by this build. Bump it on any incompatible
 /// change to the messages or the spec.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `Refresh`/`Refreshed`; `steps` in `Started` and `Exit`; `ShuttingDown`
+/// comes after the volumes are flushed and the VM may be killed at once.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -50,6 +50,18 @@ fn rejected_kind(frame_kind: u8) -> ProtocolError {
 pub enum HostMessage {
     /// First message of every connection. Its JSON shape must never change.
     Hello { version: u32 },
+    /// Sent to a VM restored from a template, before any container: makes
+    /// this clone distinct from its siblings, which all resumed with the
+    /// same memory. The agent mixes `entropy` into the kernel RNG and
+    /// reseeds it, sets the wall clock to `realtime_ns` (ns since the Unix
+    /// epoch, by the host's clock) and, if given, the VM's hostname.
+    /// Answered with `Refreshed`.
+    Refresh {
+        entropy: Vec<u8>,
+        realtime_ns: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
+    },
     /// Build the container (mounts, namespaces, cgroup) but do not run it.
     CreateContainer { spec: Box<ContainerSpec> },
     /// Run the created container's process.
@@ -66,7 +78,9 @@ pub enum HostMessage {
     /// Ask for the exit status; answered with `Exit` once the process has
     /// exited and all of its output has been sent.
     Wait,
-    /// Stop everything and power the VM off.
+    /// End the VM: answered with `ShuttingDown` once the container's volumes
+    /// are flushed, after which the host may kill the VM at once (the agent
+    /// powers off by itself too).
     Shutdown,
 }
 
@@ -95,6 +109,8 @@ pub enum AgentMessage {
     Hello { version: u32 },
     /// Reply to `CreateContainer`.
     Created,
+    /// Reply to `Refresh`.
+    Refreshed,
     /// Reply to `Start`; `pid` is the process's pid as seen by the agent.
     Started {
         pid: u32,
@@ -103,6 +119,9 @@ pub enum AgentMessage {
         /// without it still understand each other.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         times: Option<GuestTimes>,
+        /// The guest-side steps of `CreateContainer` and `Start`, in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        steps: Vec<StepTime>,
     },
     /// Output of the process (with a terminal, all output comes here).
     #[serde(skip)]
@@ -110,8 +129,15 @@ pub enum AgentMessage {
     #[serde(skip)]
     Stderr(Vec<u8>),
     /// Reply to `Wait`.
-    Exit(ExitStatus),
-    /// Reply to `Shutdown`; the VM powers off right after.
+    Exit {
+        #[serde(flatten)]
+        status: ExitStatus,
+        /// The guest-side steps from the exec to this reply.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        steps: Vec<StepTime>,
+    },
+    /// Reply to `Shutdown`: the volumes are flushed and the VM may be
+    /// killed; the agent powers off right after.
     ShuttingDown,
     /// A request failed, or something went wrong asynchronously (e.g.
     /// writing to the process's stdin).
@@ -149,6 +175,19 @@ pub struct GuestTimes {
     pub agent_ready_ns: u64,
     /// The container's process had been started.
     pub started_ns: u64,
+}
+
+/// One step of the guest's work for a container, measured by the agent.
+/// `name` is short and stable (e.g. `mount:lower`, `clone`, `exec`), so
+/// hosts can tabulate steps across runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTime {
+    pub name: String,
+    /// How long the step took, in ns of the guest's CLOCK_BOOTTIME.
+    pub ns: u64,
+    /// Page faults (minor + major) taken during the step, by the process
+    /// that ran it (the agent, or the container's init for `init:` steps).
+    pub faults: u64,
 }
 
 /// How the container's process ended.
@@ -194,6 +233,16 @@ mod tests {
         let spec = ContainerSpec::new(ProcessSpec::new(vec!["sh".into(), "-c".into()]));
         for m in [
             HostMessage::Hello { version: 1 },
+            HostMessage::Refresh {
+                entropy: vec![0, 7, 255],
+                realtime_ns: 1_700_000_000_000_000_000,
+                hostname: Some("clone-3".into()),
+            },
+            HostMessage::Refresh {
+                entropy: Vec::new(),
+                realtime_ns: 0,
+                hostname: None,
+            },
             HostMessage::CreateContainer {
                 spec: Box::new(spec),
             },
@@ -214,9 +263,11 @@ mod tests {
         for m in [
             AgentMessage::Hello { version: 1 },
             AgentMessage::Created,
+            AgentMessage::Refreshed,
             AgentMessage::Started {
                 pid: 42,
                 times: None,
+                steps: Vec::new(),
             },
             AgentMessage::Started {
                 pid: 42,
@@ -225,17 +276,24 @@ mod tests {
                     agent_ready_ns: 2,
                     started_ns: u64::MAX,
                 }),
+                steps: vec![step("mount:lower", 5, 1), step("exec", 6, 0)],
             },
             AgentMessage::Stdout(b"out".to_vec()),
             AgentMessage::Stderr(b"err".to_vec()),
-            AgentMessage::Exit(ExitStatus {
-                termination: Termination::Exited { code: 3 },
-                oom_killed: false,
-            }),
-            AgentMessage::Exit(ExitStatus {
-                termination: Termination::Signaled { signal: 9 },
-                oom_killed: true,
-            }),
+            AgentMessage::Exit {
+                status: ExitStatus {
+                    termination: Termination::Exited { code: 3 },
+                    oom_killed: false,
+                },
+                steps: vec![step("wait", 9, 2)],
+            },
+            AgentMessage::Exit {
+                status: ExitStatus {
+                    termination: Termination::Signaled { signal: 9 },
+                    oom_killed: true,
+                },
+                steps: Vec::new(),
+            },
             AgentMessage::ShuttingDown,
             AgentMessage::Error {
                 message: "boom".into(),
@@ -243,6 +301,71 @@ mod tests {
         ] {
             round_trip(m);
         }
+    }
+
+    fn step(name: &str, ns: u64, faults: u64) -> StepTime {
+        StepTime {
+            name: name.into(),
+            ns,
+            faults,
+        }
+    }
+
+    #[test]
+    fn refresh_wire_format() {
+        let v = serde_json::to_value(HostMessage::Refresh {
+            entropy: vec![1, 2, 254],
+            realtime_ns: 1_700_000_000_123_456_789,
+            hostname: Some("c1".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "refresh", "entropy": [1, 2, 254],
+                "realtime_ns": 1_700_000_000_123_456_789u64, "hostname": "c1"})
+        );
+        let no_name: HostMessage =
+            serde_json::from_str(r#"{"type":"refresh","entropy":[],"realtime_ns":5}"#).unwrap();
+        assert_eq!(
+            no_name,
+            HostMessage::Refresh {
+                entropy: vec![],
+                realtime_ns: 5,
+                hostname: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(AgentMessage::Refreshed).unwrap(),
+            serde_json::json!({"type": "refreshed"})
+        );
+    }
+
+    #[test]
+    fn steps_wire_format() {
+        let v = serde_json::to_value(AgentMessage::Started {
+            pid: 7,
+            times: None,
+            steps: vec![step("clone", 10, 3)],
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "started", "pid": 7,
+                "steps": [{"name": "clone", "ns": 10, "faults": 3}]})
+        );
+        let v = serde_json::to_value(AgentMessage::Exit {
+            status: ExitStatus {
+                termination: Termination::Exited { code: 0 },
+                oom_killed: false,
+            },
+            steps: vec![step("wait", 11, 0)],
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "exit", "how": "exited", "code": 0, "oom_killed": false,
+                "steps": [{"name": "wait", "ns": 11, "faults": 0}]})
+        );
     }
 
     #[test]
@@ -254,10 +377,13 @@ mod tests {
 
     #[test]
     fn exit_wire_format() {
-        let v = serde_json::to_value(AgentMessage::Exit(ExitStatus {
-            termination: Termination::Signaled { signal: 9 },
-            oom_killed: true,
-        }))
+        let v = serde_json::to_value(AgentMessage::Exit {
+            status: ExitStatus {
+                termination: Termination::Signaled { signal: 9 },
+                oom_killed: true,
+            },
+            steps: Vec::new(),
+        })
         .unwrap();
         assert_eq!(
             v,
@@ -273,9 +399,15 @@ mod tests {
             old,
             AgentMessage::Started {
                 pid: 7,
-                times: None
+                times: None,
+                steps: Vec::new(),
             }
         );
+        // Version 1 exit replies carry no steps.
+        let old: AgentMessage =
+            serde_json::from_str(r#"{"type":"exit","how":"exited","code":1,"oom_killed":false}"#)
+                .unwrap();
+        assert!(matches!(old, AgentMessage::Exit { steps, .. } if steps.is_empty()));
         // And a host from before ignores the field it does not know.
         let v = serde_json::to_value(AgentMessage::Started {
             pid: 7,
@@ -284,6 +416,7 @@ mod tests {
                 agent_ready_ns: 20,
                 started_ns: 30,
             }),
+            steps: Vec::new(),
         })
         .unwrap();
         assert_eq!(
@@ -294,6 +427,7 @@ mod tests {
         let no_times = serde_json::to_value(AgentMessage::Started {
             pid: 7,
             times: None,
+            steps: Vec::new(),
         })
         .unwrap();
         assert_eq!(no_times, serde_json::json!({"type": "started", "pid": 7}));

@@ -31,6 +31,12 @@ pub enum DiskError {
     Walk(#[from] WalkError),
     #[error("disk size must be at least 8 MiB, got {0} MiB")]
     TooSmall(u64),
+    #[error("debugfs could not {request:?} in {path}: {stderr}")]
+    Debugfs {
+        path: PathBuf,
+        request: &'static str,
+        stderr: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
@@ -89,6 +95,7 @@ pub fn ext4_from_dir(dir: &Path, out: &Path, read_only_hint: bool) -> Result<(),
             Some(dir),
         ) {
             Ok(()) => {
+                remove_lost_found(tmp.path(), dir)?;
                 tmp.persist(out).map_err(|e| DiskError::Io {
                     path: out.to_path_buf(),
                     source: e.error,
@@ -108,6 +115,32 @@ pub fn ext4_from_dir(dir: &Path, out: &Path, read_only_hint: bool) -> Result<(),
             "image still too small after resizing",
         ),
     })
+}
+
+/// mke2fs always makes `lost+found`; the disk is a copy of `dir`, and a container whose `/`
+/// shows a directory its image does not have is not that image. It goes unless `dir` has one.
+fn remove_lost_found(image: &Path, dir: &Path) -> Result<(), DiskError> {
+    const LOST_FOUND: &str = "lost+found";
+    const REQUEST: &str = "rmdir lost+found";
+    if fs::symlink_metadata(dir.join(LOST_FOUND)).is_ok() {
+        return Ok(());
+    }
+    let output = Command::new(find_tool("debugfs")?)
+        .args(["-w", "-R", REQUEST])
+        .arg(image)
+        .output()
+        .map_err(io_err(image))?;
+    // debugfs exits 0 even when its request fails; the failure is a "rmdir: ..." line.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let failure = stderr.lines().find(|l| l.starts_with("rmdir:"));
+    if !output.status.success() || failure.is_some() {
+        return Err(DiskError::Debugfs {
+            path: image.to_path_buf(),
+            request: REQUEST,
+            stderr: failure.unwrap_or(stderr.trim()).to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn is_out_of_space(stderr: &str) -> bool {

@@ -352,10 +352,14 @@ fn root_disk_is_built_once_and_holds_the_tree() {
         .resolve(&ImageRef::parse(&format!("oci:{}", layout.display())).unwrap())
         .unwrap();
     let disk = store.root_disk(&image).unwrap();
-    assert_eq!(disk, image.dir().join("rootfs.ext4"));
+    assert_eq!(disk, image.dir().join("rootfs-v2.ext4"));
     fsck_clean(&disk);
 
     let root = debugfs(&disk, "ls -l /");
+    assert!(
+        !root.contains("lost+found"),
+        "mke2fs's lost+found is not part of the image:\n{root}"
+    );
     for name in ["etc", "usr", "home", "dev", "bin", "opaque", "same-layer"] {
         assert!(root.contains(name), "{name} missing from:\n{root}");
     }
@@ -390,6 +394,27 @@ fn root_disk_is_built_once_and_holds_the_tree() {
         built,
         "cached, not rebuilt"
     );
+}
+
+#[test]
+fn lost_found_stays_only_when_the_tree_has_one() {
+    let work = tempfile::tempdir().unwrap();
+    let without = work.path().join("without");
+    fs::create_dir_all(without.join("etc")).unwrap();
+    let out = work.path().join("without.ext4");
+    ext4_from_dir(&without, &out, true).unwrap();
+    fsck_clean(&out);
+    let root = debugfs(&out, "ls /");
+    assert!(!root.contains("lost+found"), "{root}");
+    assert!(root.contains("etc"), "{root}");
+
+    let with = work.path().join("with");
+    fs::create_dir_all(with.join("lost+found")).unwrap();
+    fs::write(with.join("lost+found/kept"), b"mine").unwrap();
+    let out = work.path().join("with.ext4");
+    ext4_from_dir(&with, &out, false).unwrap();
+    fsck_clean(&out);
+    assert_eq!(debugfs(&out, "cat /lost+found/kept"), "mine");
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! Capability sets: the OCI defaults, parsing, and applying them.
 
-use caps::{CapSet, Capability, CapsHashSet};
+use std::sync::OnceLock;
+
+use caps::{Capability, CapsHashSet};
+use nix::errno::Errno;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -8,10 +11,7 @@ pub enum CapError {
     #[error("unknown capability {0:?}")]
     Unknown(String),
     #[error("cannot set capabilities ({what}): {source}")]
-    Apply {
-        what: &'static str,
-        source: caps::errors::CapsError,
-    },
+    Apply { what: &'static str, source: Errno },
 }
 
 /// The OCI / Docker default set.
@@ -81,42 +81,154 @@ pub fn capability_sets(requested: Option<&[String]>, uid: u32) -> Result<Capabil
     })
 }
 
+/// The sets as the kernel's bit masks (bit n: capability n), computed by
+/// the agent so the container's init applies them without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapMasks {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+    /// The highest capability the running kernel knows.
+    pub last_cap: u8,
+}
+
+fn mask(set: &CapsHashSet) -> u64 {
+    set.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// The kernel's highest capability number, read once (at agent start-up,
+/// before the template snapshot) from procfs; the caps crate's newest if
+/// procfs cannot tell.
+pub fn last_cap() -> u8 {
+    static LAST: OnceLock<u8> = OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| caps::all().iter().map(|c| c.index()).max().unwrap_or(40))
+    })
+}
+
+impl CapabilitySets {
+    pub fn masks(&self) -> CapMasks {
+        CapMasks {
+            bounding: mask(&self.bounding),
+            effective: mask(&self.effective),
+            permitted: mask(&self.permitted),
+            inheritable: mask(&self.inheritable),
+            ambient: mask(&self.ambient),
+            last_cap: last_cap(),
+        }
+    }
+}
+
+fn prctl(op: libc::c_int, arg: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: the capability prctls used here take integers only.
+    if unsafe {
+        libc::prctl(
+            op,
+            arg,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } < 0
+    {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// Shrinks the bounding set. Must run while we still hold CAP_SETPCAP,
-/// i.e. before switching user.
-pub fn drop_bounding(sets: &CapabilitySets) -> Result<(), CapError> {
-    for cap in caps::all().difference(&sets.bounding) {
-        if let Err(source) = caps::drop(None, CapSet::Bounding, *cap) {
-            // Capabilities newer than the running kernel cannot be dropped
-            // because they do not exist; reading them fails the same way.
-            if caps::has_cap(None, CapSet::Bounding, *cap).is_ok() {
+/// i.e. before switching user. Allocation-free.
+pub fn drop_bounding(m: &CapMasks) -> Result<(), CapError> {
+    for cap in 0..=m.last_cap.min(63) {
+        if m.bounding & (1 << cap) != 0 {
+            continue;
+        }
+        match prctl(libc::PR_CAPBSET_DROP, cap.into()) {
+            // EINVAL: a capability this kernel does not have.
+            Ok(()) | Err(Errno::EINVAL) => {}
+            Err(source) => {
                 return Err(CapError::Apply {
                     what: "bounding",
                     source,
-                });
+                })
             }
         }
     }
     Ok(())
 }
 
-/// Sets effective, permitted, inheritable and ambient; runs after the
-/// user switch. Effective goes first: it must stay a subset of permitted.
-pub fn apply_process_sets(sets: &CapabilitySets) -> Result<(), CapError> {
-    let apply = |set, value: &CapsHashSet, what| {
-        caps::set(None, set, value).map_err(|source| CapError::Apply { what, source })
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets effective, permitted, inheritable (one capset) and ambient; runs
+/// after the user switch. Allocation-free.
+pub fn apply_process_sets(m: &CapMasks) -> Result<(), CapError> {
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
     };
-    apply(CapSet::Effective, &sets.effective, "effective")?;
-    apply(CapSet::Permitted, &sets.permitted, "permitted")?;
-    apply(CapSet::Inheritable, &sets.inheritable, "inheritable")?;
-    caps::clear(None, CapSet::Ambient).map_err(|source| CapError::Apply {
+    let word = |v: u64, i: u32| (v >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| CapData {
+        effective: word(m.effective, i),
+        permitted: word(m.permitted, i),
+        inheritable: word(m.inheritable, i),
+    });
+    // SAFETY: capset reads a v3 header and two data structs, which is
+    // exactly what we pass.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
+        return Err(CapError::Apply {
+            what: "effective/permitted/inheritable",
+            source: Errno::last(),
+        });
+    }
+    // capset drops every ambient capability that is not both permitted and
+    // inheritable: with no inheritable set, ambient is empty now.
+    if m.inheritable == 0 {
+        return Ok(());
+    }
+    let ambient_err = |source| CapError::Apply {
         what: "ambient",
         source,
-    })?;
-    for cap in &sets.ambient {
-        caps::raise(None, CapSet::Ambient, *cap).map_err(|source| CapError::Apply {
-            what: "ambient",
-            source,
-        })?;
+    };
+    prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+    )
+    .map_err(ambient_err)?;
+    for cap in 0..=m.last_cap.min(63) {
+        if m.ambient & (1 << cap) != 0 {
+            // SAFETY: PR_CAP_AMBIENT_RAISE takes the capability number.
+            let rc = unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    libc::c_ulong::from(cap),
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            };
+            if rc < 0 {
+                return Err(ambient_err(Errno::last()));
+            }
+        }
     }
     Ok(())
 }
@@ -161,5 +273,18 @@ mod tests {
             capability_sets(Some(&["CAP_FLY".to_string()]), 0),
             Err(CapError::Unknown(n)) if n == "CAP_FLY"
         ));
+    }
+
+    #[test]
+    fn masks_are_the_kernel_bits() {
+        let names = vec!["CAP_CHOWN".to_string(), "CAP_SYS_ADMIN".to_string()];
+        let m = capability_sets(Some(&names), 0).unwrap().masks();
+        assert_eq!(m.bounding, 1 | (1 << 21));
+        assert_eq!(m.effective, m.bounding);
+        assert_eq!(m.inheritable, 0);
+        assert!(m.last_cap >= 37, "any kernel we run has CAP_AUDIT_READ");
+        let m = capability_sets(None, 1000).unwrap().masks();
+        assert_eq!((m.effective, m.permitted), (0, 0));
+        assert_eq!(m.bounding.count_ones(), 14);
     }
 }

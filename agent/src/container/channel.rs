@@ -1,33 +1,64 @@
-//! The setup channel between the agent and the container's init.
+//! The report channel from the container's init to the agent.
 //!
 //! A SOCK_SEQPACKET pair: messages keep their boundaries and can carry the
-//! pty master (SCM_RIGHTS) from the child, which opens it inside the
-//! container's own devpts. The child's end is close-on-exec, so a
+//! pty master (SCM_RIGHTS) from the init, which opens it inside the
+//! container's own devpts. The init's end is close-on-exec, so a
 //! successful exec shows up as end-of-stream.
+//!
+//! The init shares the agent's memory until it execs (CLONE_VM), so its
+//! side sends from the stack only: no allocation, fixed-size records.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
+    recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
 
-const READY: u8 = b'R';
+const PTY: u8 = b'T';
 const FAILED: u8 = b'E';
-const START: u8 = b'S';
 
-/// Longest error text sent; the rest is cut.
-const MAX_MESSAGE: usize = 4000;
+/// A failed setup step of the init: which step (a `child::Step` code),
+/// which item of it (a mount, an rlimit...), and the errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub step: u32,
+    pub index: u32,
+    pub errno: i32,
+}
 
-/// What the child reports.
+const FAILURE_LEN: usize = 1 + 12;
+
+impl Failure {
+    fn encode(&self) -> [u8; FAILURE_LEN] {
+        let mut out = [0u8; FAILURE_LEN];
+        out[0] = FAILED;
+        out[1..5].copy_from_slice(&self.step.to_le_bytes());
+        out[5..9].copy_from_slice(&self.index.to_le_bytes());
+        out[9..13].copy_from_slice(&self.errno.to_le_bytes());
+        out
+    }
+
+    fn decode(body: &[u8]) -> Option<Failure> {
+        let word = |i: usize| body.get(i..i + 4)?.try_into().ok();
+        Some(Failure {
+            step: u32::from_le_bytes(word(0)?),
+            index: u32::from_le_bytes(word(4)?),
+            errno: i32::from_le_bytes(word(8)?),
+        })
+    }
+}
+
+/// What the init reports.
 #[derive(Debug)]
 pub enum Report {
-    /// Set up and waiting for Start (with the pty master if any).
-    Ready(Option<OwnedFd>),
-    Failed(String),
-    /// The channel closed: the child exec'd (after Start) or died.
+    /// The pty master, opened in the container's devpts.
+    Pty(OwnedFd),
+    Failed(Failure),
+    /// Something the agent cannot read: a bug, reported as such.
+    Garbled,
+    /// The channel closed: the init exec'd (or died).
     Closed,
 }
 
@@ -40,50 +71,64 @@ pub fn pair() -> nix::Result<(OwnedFd, OwnedFd)> {
     )
 }
 
-fn send(fd: BorrowedFd<'_>, bytes: &[u8], pass: Option<BorrowedFd<'_>>) -> nix::Result<()> {
-    let raw: Vec<RawFd> = pass.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
-        Vec::new()
-    } else {
-        vec![ControlMessage::ScmRights(&raw)]
+fn sendmsg_raw(fd: RawFd, bytes: &[u8], pass: Option<RawFd>) -> Result<(), Errno> {
+    // Room for one SCM_RIGHTS fd, aligned for cmsghdr.
+    #[repr(C, align(8))]
+    struct Control([u8; 32]);
+    let mut control = Control([0; 32]);
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
     };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(passed) = pass {
+        // SAFETY: CMSG_SPACE/LEN are arithmetic on a constant size.
+        let (space, len) = unsafe {
+            (
+                libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32),
+                libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32),
+            )
+        };
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as usize;
+        // SAFETY: msg_control points at `space` <= 32 writable, aligned
+        // bytes, so the first header and its data fit.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = len as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), passed);
+        }
+    }
     loop {
-        match sendmsg::<()>(
-            fd.as_raw_fd(),
-            &[IoSlice::new(bytes)],
-            &cmsgs,
-            MsgFlags::empty(),
-            None,
-        ) {
-            Err(Errno::EINTR) => {}
-            other => return other.map(drop),
+        // SAFETY: msg and everything it points to live through the call.
+        if unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) } >= 0 {
+            return Ok(());
+        }
+        match Errno::last() {
+            Errno::EINTR => {}
+            e => return Err(e),
         }
     }
 }
 
-/// Child: setup done, waiting for Start.
-pub fn send_ready(fd: BorrowedFd<'_>, pty_master: Option<BorrowedFd<'_>>) -> nix::Result<()> {
-    send(fd, &[READY], pty_master)
+/// Init: the pty master for the agent. Allocation-free.
+pub fn send_pty(fd: RawFd, master: RawFd) -> Result<(), Errno> {
+    sendmsg_raw(fd, &[PTY], Some(master))
 }
 
-/// Child: setup or pre-exec step failed.
-pub fn send_failed(fd: BorrowedFd<'_>, message: &str) -> nix::Result<()> {
-    let mut bytes = vec![FAILED];
-    let mut end = message.len().min(MAX_MESSAGE);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    bytes.extend_from_slice(&message.as_bytes()[..end]);
-    send(fd, &bytes, None)
+/// Init: a setup step failed. Allocation-free.
+pub fn send_failure(fd: RawFd, failure: &Failure) -> Result<(), Errno> {
+    sendmsg_raw(fd, &failure.encode(), None)
 }
 
-/// Agent: go ahead and exec.
-pub fn send_start(fd: BorrowedFd<'_>) -> nix::Result<()> {
-    send(fd, &[START], None)
-}
-
-fn recv(fd: BorrowedFd<'_>) -> nix::Result<(Vec<u8>, Option<OwnedFd>)> {
-    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+/// Agent: the init's next report.
+pub fn recv_report(fd: BorrowedFd<'_>) -> nix::Result<Report> {
+    let mut buf = [0u8; 64];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -108,25 +153,15 @@ fn recv(fd: BorrowedFd<'_>) -> nix::Result<(Vec<u8>, Option<OwnedFd>)> {
             }
         }
         let n = msg.bytes;
-        buf.truncate(n);
-        return Ok((buf, passed));
+        return Ok(match (buf[..n].split_first(), passed) {
+            (None, _) => Report::Closed,
+            (Some((&PTY, _)), Some(master)) => Report::Pty(master),
+            (Some((&FAILED, body)), _) => {
+                Failure::decode(body).map_or(Report::Garbled, Report::Failed)
+            }
+            _ => Report::Garbled,
+        });
     }
-}
-
-/// Agent: waits for the child's next report.
-pub fn recv_report(fd: BorrowedFd<'_>) -> nix::Result<Report> {
-    let (bytes, passed) = recv(fd)?;
-    Ok(match bytes.split_first() {
-        None => Report::Closed,
-        Some((&READY, _)) => Report::Ready(passed),
-        Some((&FAILED, msg)) => Report::Failed(String::from_utf8_lossy(msg).into_owned()),
-        Some((other, _)) => Report::Failed(format!("container init sent unknown report {other}")),
-    })
-}
-
-/// Child: waits for Start. `false` means the agent went away.
-pub fn wait_start(fd: BorrowedFd<'_>) -> bool {
-    matches!(recv(fd), Ok((bytes, _)) if bytes.first() == Some(&START))
 }
 
 #[cfg(test)]
@@ -147,9 +182,9 @@ mod tests {
         );
         file.write_all(b"through the socket").unwrap();
 
-        send_ready(a.as_fd(), Some(file.as_fd())).unwrap();
+        send_pty(a.as_raw_fd(), file.as_raw_fd()).unwrap();
         match recv_report(b.as_fd()).unwrap() {
-            Report::Ready(Some(fd)) => {
+            Report::Pty(fd) => {
                 let mut f = std::fs::File::from(fd);
                 f.rewind().unwrap();
                 let mut s = String::new();
@@ -159,16 +194,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
-        send_failed(a.as_fd(), &"é".repeat(3000)).unwrap();
+        let failure = Failure {
+            step: 4,
+            index: 17,
+            errno: libc::EPERM,
+        };
+        send_failure(a.as_raw_fd(), &failure).unwrap();
         match recv_report(b.as_fd()).unwrap() {
-            Report::Failed(m) => assert!(m.len() <= MAX_MESSAGE && m.starts_with('é')),
+            Report::Failed(f) => assert_eq!(f, failure),
             other => panic!("{other:?}"),
         }
-
-        send_start(b.as_fd()).unwrap();
-        assert!(wait_start(a.as_fd()));
         drop(a);
         assert!(matches!(recv_report(b.as_fd()).unwrap(), Report::Closed));
-        assert!(!wait_start(b.as_fd()));
+    }
+
+    #[test]
+    fn short_records_are_garbled() {
+        assert_eq!(Failure::decode(&[1, 2, 3]), None);
     }
 }

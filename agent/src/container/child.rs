@@ -1,40 +1,37 @@
 //! The container's init: runs in the cloned child, inside the new
-//! namespaces. It mounts /proc, /sys, /dev and the volumes into the root
-//! the agent prepared, pivots into it, reports ready, waits for Start,
-//! then becomes the container's process.
+//! namespaces and in the agent's memory (CLONE_VM) until it execs. It
+//! joins the cgroup, mounts /proc, /sys, /dev and the volume binds, pivots
+//! into the root the agent prepared, then becomes the container's process.
 //!
-//! Setup failures go back to the agent over the channel and become the
-//! reply to CreateContainer or Start; exec failures are the process's own
+//! Nothing here allocates or unwinds: the agent prepared everything (see
+//! `launch`), the init only makes syscalls and writes its timings into
+//! memory the agent reads once it resumes. A setup failure goes back as a
+//! fixed-size [`Failure`] over the report channel, and the agent turns it
+//! into the typed [`ChildError`]; exec failures are the process's own
 //! (message on its stderr, exit 127/126).
 
 use std::convert::Infallible;
-use std::ffi::CString;
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::os::raw::{c_int, c_void};
 
-use bulkhead_protocol::{ContainerSpec, User};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{umask, Mode};
 use thiserror::Error;
 
-use super::capabilities::{
-    apply_process_sets, capability_sets, drop_bounding, CapError, CapabilitySets,
-};
-use super::channel;
-use super::fsops::{apply_all, FsOp, FsOpError};
+use super::capabilities::{apply_process_sets, drop_bounding, CapError};
+use super::channel::{self, Failure};
+use super::fsops::{apply_all_raw, FsOpError};
+use super::launch::Launch;
 use super::namespaces::loopback_up;
-use super::process::{
-    apply_rlimits, complete_env, env_value, exec, inherit_tunables, switch_user, ProcessError,
-    DEFAULT_PATH, GLIBC_TUNABLES,
-};
-use super::rootfs::{enter, make_private, PivotError};
-use super::user::{resolve, ResolvedUser, UserError};
-use crate::stdio::{set_window_size, ChildStdio};
+use super::process::{apply_rlimits, rlimit_error, switch_user, user_error, ProcessError};
+use super::rootfs::{enter, enter_error, make_private, PivotError};
+use super::user::UserError;
+use crate::stdio::set_window_size;
+use crate::trace::Mark;
 
 #[derive(Debug, Error)]
 pub enum ChildError {
@@ -53,180 +50,239 @@ pub enum ChildError {
     #[error(transparent)]
     Capabilities(#[from] CapError),
     #[error("cannot create working directory {path}: {source}")]
-    Cwd {
-        path: String,
-        source: std::io::Error,
-    },
+    Cwd { path: String, source: Errno },
     #[error("cannot enter working directory {path}: {source}")]
     Chdir { path: String, source: Errno },
     #[error("{0} contains a NUL byte")]
     Nul(&'static str),
+    #[error("container init sent a report the agent cannot read")]
+    Garbled,
 }
 
-fn sys(what: &'static str) -> impl FnOnce(Errno) -> ChildError {
-    move |source| ChildError::Sys { what, source }
+/// The init's setup steps, as they travel in a [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    JoinCgroup = 1,
+    CgroupNamespace,
+    MakePrivate,
+    Mount,
+    Pivot,
+    Hostname,
+    Loopback,
+    OpenPty,
+    UnlockPty,
+    PtySlave,
+    SizeTty,
+    ChownTty,
+    SendPty,
+    Session,
+    ControllingTty,
+    Stdio,
+    Rlimit,
+    Bounding,
+    KeepCaps,
+    User,
+    ProcessCaps,
+    NoNewPrivs,
+    Cwd,
+    Chdir,
 }
 
-/// Everything the child needs, prepared by the agent before the clone so
-/// that pure errors (bad spec, bad capability names) never need a child.
-pub struct ChildContext<'a> {
-    pub spec: &'a ContainerSpec,
-    pub plan: &'a [FsOp],
-    pub rootfs: PathBuf,
-    pub cgroup_procs: Option<PathBuf>,
-    pub channel: OwnedFd,
-    /// `None` with a terminal.
-    pub stdio: Option<ChildStdio>,
+const STEPS: [Step; 24] = [
+    Step::JoinCgroup,
+    Step::CgroupNamespace,
+    Step::MakePrivate,
+    Step::Mount,
+    Step::Pivot,
+    Step::Hostname,
+    Step::Loopback,
+    Step::OpenPty,
+    Step::UnlockPty,
+    Step::PtySlave,
+    Step::SizeTty,
+    Step::ChownTty,
+    Step::SendPty,
+    Step::Session,
+    Step::ControllingTty,
+    Step::Stdio,
+    Step::Rlimit,
+    Step::Bounding,
+    Step::KeepCaps,
+    Step::User,
+    Step::ProcessCaps,
+    Step::NoNewPrivs,
+    Step::Cwd,
+    Step::Chdir,
+];
+
+fn fail(step: Step, index: usize, errno: Errno) -> Failure {
+    Failure {
+        step: step as u32,
+        index: index as u32,
+        errno: errno as i32,
+    }
 }
 
-/// The child's entry point: never returns into the agent's code.
-pub fn run(ctx: ChildContext<'_>) -> ! {
-    // The agent's PID-1 hook powers the VM off; a panic here must only
-    // fail this container.
-    drop(std::panic::take_hook());
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup_and_exec(&ctx)));
-    let message = match result {
-        Ok(Err(e)) => e.to_string(),
-        Ok(Ok(never)) => match never {},
-        Err(_) => "container init panicked".to_string(),
+fn at(step: Step) -> impl Fn(Errno) -> Failure {
+    move |e| fail(step, 0, e)
+}
+
+/// Where the init is in its setup, for the agent's step table.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Marks {
+    /// The init's first instruction.
+    pub begin: Mark,
+    pub steps: [(&'static str, Mark); MAX_MARKS],
+    pub len: usize,
+}
+
+const MAX_MARKS: usize = 8;
+
+impl Marks {
+    fn mark(&mut self, name: &'static str) {
+        if let Some(slot) = self.steps.get_mut(self.len) {
+            *slot = (name, Mark::now());
+            self.len += 1;
+        }
+    }
+
+    pub fn recorded(&self) -> &[(&'static str, Mark)] {
+        &self.steps[..self.len.min(MAX_MARKS)]
+    }
+}
+
+/// What the init gets from the agent: read-only setup, its end of the
+/// report channel, and the marks it fills in.
+pub struct ChildArgs<'a> {
+    pub launch: &'a Launch,
+    pub report: RawFd,
+    pub marks: Marks,
+}
+
+/// The init's entry point (on its own stack, see `spawn`).
+pub extern "C" fn entry(arg: *mut c_void) -> c_int {
+    // SAFETY: `Container::start` passes its `ChildArgs` and stays suspended
+    // (CLONE_VFORK) until we exec or exit, so the reference is exclusive.
+    let args = unsafe { &mut *arg.cast::<ChildArgs<'_>>() };
+    args.marks.begin = Mark::now();
+    let failure = match setup_and_exec(args.launch, args.report, &mut args.marks) {
+        Err(f) => f,
+        Ok(never) => match never {},
     };
-    let _ = channel::send_failed(ctx.channel.as_fd(), &message);
+    let _ = channel::send_failure(args.report, &failure);
     // SAFETY: _exit skips atexit handlers and destructors, which belong to
-    // the agent's copy of this address space.
+    // the agent, whose memory this still is.
     unsafe { libc::_exit(1) }
 }
 
-/// What setup resolved for the exec phase.
-struct Prepared {
-    user: ResolvedUser,
-    capabilities: CapabilitySets,
-    args: Vec<CString>,
-    env: Vec<CString>,
-    path_var: String,
-    tty_slave: Option<OwnedFd>,
-}
-
-fn setup_and_exec(ctx: &ChildContext<'_>) -> Result<Infallible, ChildError> {
-    let prepared = setup(ctx)?;
-    if !channel::wait_start(ctx.channel.as_fd()) {
-        // The agent dropped this container before starting it.
-        // SAFETY: see `run`.
-        unsafe { libc::_exit(1) }
-    }
-    become_process(ctx, prepared)
-}
-
-/// Builds the container up to the point of running its process.
-fn setup(ctx: &ChildContext<'_>) -> Result<Prepared, ChildError> {
+fn setup_and_exec(l: &Launch, report: RawFd, marks: &mut Marks) -> Result<Infallible, Failure> {
     // Modes in the plan (1777 for /dev/shm, 666 for nodes) must be exact.
     umask(Mode::empty());
-    if let Some(procs) = &ctx.cgroup_procs {
-        OpenOptions::new()
-            .write(true)
-            .open(procs)
-            .and_then(|mut f| f.write_all(b"0"))
-            .map_err(ChildError::Cgroup)?;
-        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("cannot create cgroup namespace"))?;
+    if let Some(procs) = &l.cgroup_procs {
+        write_all(procs.as_raw_fd(), b"0").map_err(at(Step::JoinCgroup))?;
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(Step::CgroupNamespace))?;
+        marks.mark("init:cgroup");
     }
-    make_private().map_err(sys("cannot make mounts private"))?;
-    apply_all(ctx.plan)?;
-    enter(&ctx.rootfs)?;
-
-    let spec = ctx.spec;
-    if let Some(h) = &spec.hostname {
-        nix::unistd::sethostname(h).map_err(sys("cannot set hostname"))?;
+    make_private().map_err(at(Step::MakePrivate))?;
+    apply_all_raw(&l.plan).map_err(|(i, e)| fail(Step::Mount, i, e))?;
+    marks.mark("init:mounts");
+    enter(&l.rootfs).map_err(|(i, e)| fail(Step::Pivot, i, e))?;
+    marks.mark("init:pivot");
+    if let Some(h) = &l.hostname {
+        nix::unistd::sethostname(h).map_err(at(Step::Hostname))?;
     }
-    loopback_up().map_err(sys("cannot bring up the loopback interface"))?;
-
-    let process = &spec.process;
-    let needs_passwd =
-        matches!(process.user, User::Name { .. }) || env_value(&process.env, "HOME").is_none();
-    let (passwd, group) = if needs_passwd {
-        (read_or_empty("/etc/passwd"), read_or_empty("/etc/group"))
-    } else {
-        (String::new(), String::new())
-    };
-    let user = resolve(&process.user, &passwd, &group)?;
-    let capabilities = capability_sets(process.capabilities.as_deref(), user.uid)?;
-
-    let mut env = complete_env(
-        &process.env,
-        user.home.as_deref(),
-        spec.hostname.as_deref(),
-        process.terminal,
-    );
-    inherit_tunables(&mut env, std::env::var(GLIBC_TUNABLES).ok());
-    let path_var = env_value(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string();
-    let env = to_cstrings(&env, "process.env")?;
-    let args = to_cstrings(&process.args, "process.args")?;
-
-    // Docker creates a missing working directory (as root, before the user
-    // switch).
-    std::fs::create_dir_all(&process.cwd).map_err(|source| ChildError::Cwd {
-        path: process.cwd.clone(),
-        source,
-    })?;
-
-    let tty_slave = if process.terminal {
-        let (master, slave) = open_pty()?;
-        if let Some(size) = process.console_size {
-            set_window_size(master.as_fd(), size.rows, size.cols)
-                .map_err(sys("cannot size the terminal"))?;
-        }
-        // The process must own its terminal to use it after the user switch.
-        nix::unistd::fchown(
-            slave.as_raw_fd(),
-            Some(nix::unistd::Uid::from_raw(user.uid)),
-            None,
-        )
-        .map_err(sys("cannot chown the terminal"))?;
-        channel::send_ready(ctx.channel.as_fd(), Some(master.as_fd()))
-            .map_err(sys("cannot report ready"))?;
+    loopback_up().map_err(at(Step::Loopback))?;
+    marks.mark("init:net");
+    let tty = if l.terminal {
+        let slave = open_terminal(l, report)?;
+        marks.mark("init:tty");
         Some(slave)
     } else {
-        channel::send_ready(ctx.channel.as_fd(), None).map_err(sys("cannot report ready"))?;
         None
     };
-
-    Ok(Prepared {
-        user,
-        capabilities,
-        args,
-        env,
-        path_var,
-        tty_slave,
-    })
+    become_process(l, tty)?;
+    marks.mark("init:creds");
+    let failure = l.exec.exec();
+    let mut line = StackLine::new();
+    let _ = failure.write_message(l.exec.arg0(), &mut line);
+    line.push(b'\n');
+    let _ = write_all(2, line.bytes());
+    // SAFETY: see `entry`.
+    unsafe { libc::_exit(failure.code) }
 }
 
-fn read_or_empty(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+fn write_all(fd: RawFd, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        match n {
+            n if n > 0 => bytes = &bytes[n as usize..],
+            0 => return Err(Errno::EIO),
+            _ if Errno::last() == Errno::EINTR => {}
+            _ => return Err(Errno::last()),
+        }
+    }
+    Ok(())
 }
 
-fn to_cstrings(items: &[String], field: &'static str) -> Result<Vec<CString>, ChildError> {
-    items
-        .iter()
-        .map(|s| CString::new(s.as_str()).map_err(|_| ChildError::Nul(field)))
-        .collect()
+/// A line formatted on the stack (cut at its capacity).
+struct StackLine {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl StackLine {
+    fn new() -> StackLine {
+        StackLine {
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for StackLine {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        s.bytes().for_each(|b| self.push(b));
+        Ok(())
+    }
+}
+
+fn owned(raw: c_int, step: Step) -> Result<OwnedFd, Failure> {
+    if raw < 0 {
+        return Err(fail(step, 0, Errno::last()));
+    }
+    // SAFETY: the syscall just returned this descriptor; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Opens a pty pair on the container's own devpts (so the process sees
-/// its terminal under /dev/pts).
-fn open_pty() -> Result<(OwnedFd, OwnedFd), ChildError> {
-    let master = nix::fcntl::open(
-        "/dev/ptmx",
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys("cannot open /dev/ptmx"))?;
-    // SAFETY: open just returned this descriptor; we take sole ownership.
-    let master = unsafe { OwnedFd::from_raw_fd(master) };
-    let unlock: libc::c_int = 0;
+/// its terminal under /dev/pts), sends the master to the agent and returns
+/// the slave.
+fn open_terminal(l: &Launch, report: RawFd) -> Result<OwnedFd, Failure> {
+    // SAFETY: a NUL-terminated literal path and plain flags.
+    let master = unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    let master = owned(master, Step::OpenPty)?;
+    let unlock: c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int through the pointer.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
-        return Err(ChildError::Sys {
-            what: "cannot unlock the pty",
-            source: Errno::last(),
-        });
+        return Err(fail(Step::UnlockPty, 0, Errno::last()));
     }
     // TIOCGPTPEER opens the slave through the master, no path lookup.
     // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
@@ -237,94 +293,121 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), ChildError> {
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };
-    if slave < 0 {
-        return Err(ChildError::Sys {
-            what: "cannot open the pty slave",
-            source: Errno::last(),
-        });
+    let slave = owned(slave, Step::PtySlave)?;
+    if let Some(size) = l.console_size {
+        set_window_size(master.as_fd(), size.rows, size.cols).map_err(at(Step::SizeTty))?;
     }
-    // SAFETY: the ioctl just returned this descriptor.
-    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+    // The process must own its terminal to use it after the user switch.
+    nix::unistd::fchown(
+        slave.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(l.identity.uid)),
+        None,
+    )
+    .map_err(at(Step::ChownTty))?;
+    channel::send_pty(report, master.as_raw_fd()).map_err(at(Step::SendPty))?;
+    Ok(slave)
 }
 
-/// From here on this process is the container's: failures before the exec
-/// still go to the agent (as the reply to Start), exec failures go to the
-/// process's own stderr and exit code.
-fn become_process(ctx: &ChildContext<'_>, p: Prepared) -> Result<Infallible, ChildError> {
-    let process = &ctx.spec.process;
-    nix::unistd::setsid().map_err(sys("cannot start a session"))?;
-    match (&p.tty_slave, &ctx.stdio) {
+/// From here on this process is the container's.
+fn become_process(l: &Launch, tty: Option<OwnedFd>) -> Result<(), Failure> {
+    nix::unistd::setsid().map_err(at(Step::Session))?;
+    match (&tty, &l.stdio) {
         (Some(slave), _) => {
             // SAFETY: TIOCSCTTY takes an int by value; we are a session
             // leader without a controlling terminal.
             if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
-                return Err(ChildError::Sys {
-                    what: "cannot acquire the controlling terminal",
-                    source: Errno::last(),
-                });
+                return Err(fail(Step::ControllingTty, 0, Errno::last()));
             }
             let fd = slave.as_raw_fd();
-            install_stdio([fd, fd, fd])?;
+            install_stdio([fd, fd, fd]).map_err(at(Step::Stdio))?;
         }
         (None, Some(stdio)) => install_stdio([
             stdio.stdin.as_raw_fd(),
             stdio.stdout.as_raw_fd(),
             stdio.stderr.as_raw_fd(),
-        ])?,
+        ])
+        .map_err(at(Step::Stdio))?,
         (None, None) => {}
     }
 
     // Raising limits needs CAP_SYS_RESOURCE: before giving up privileges.
-    apply_rlimits(&process.rlimits)?;
+    apply_rlimits(&l.rlimits).map_err(|(i, e)| fail(Step::Rlimit, i, e))?;
     // Needs CAP_SETPCAP: before the user switch.
-    drop_bounding(&p.capabilities)?;
+    drop_bounding(&l.caps).map_err(|e| cap_failure(Step::Bounding, e))?;
     // Leaving uid 0 would clear the permitted set; keep it across the
     // switch so `apply_process_sets` can choose. Staying root keeps it
     // anyway, which saves two syscalls in the common case.
-    let keep = p.user.uid != 0;
+    let keep = l.identity.uid != 0;
     if keep {
-        nix::sys::prctl::set_keepcaps(true).map_err(sys("cannot keep capabilities"))?;
+        nix::sys::prctl::set_keepcaps(true).map_err(at(Step::KeepCaps))?;
     }
-    switch_user(&p.user)?;
+    switch_user(&l.identity).map_err(|(i, e)| fail(Step::User, i, e))?;
     if keep {
-        nix::sys::prctl::set_keepcaps(false).map_err(sys("cannot reset keepcaps"))?;
+        nix::sys::prctl::set_keepcaps(false).map_err(|e| fail(Step::KeepCaps, 1, e))?;
     }
-    apply_process_sets(&p.capabilities)?;
-    if process.no_new_privileges {
-        nix::sys::prctl::set_no_new_privs().map_err(sys("cannot set no_new_privs"))?;
+    apply_process_sets(&l.caps).map_err(|e| cap_failure(Step::ProcessCaps, e))?;
+    if l.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().map_err(at(Step::NoNewPrivs))?;
     }
+    make_cwd(l)?;
     // As the user, like runc: the process must be able to use its cwd.
-    nix::unistd::chdir(process.cwd.as_str()).map_err(|source| ChildError::Chdir {
-        path: process.cwd.clone(),
-        source,
-    })?;
+    // SAFETY: a NUL-terminated path the agent prepared.
+    if unsafe { libc::chdir(l.cwd.as_ptr()) } != 0 {
+        return Err(fail(Step::Chdir, 0, Errno::last()));
+    }
     umask(Mode::from_bits_truncate(0o022));
     reset_signals();
+    Ok(())
+}
 
-    let failure = exec(&p.args, &p.env, &p.path_var);
-    let _ = std::io::stderr().write_all(format!("{}\n", failure.message).as_bytes());
-    // SAFETY: see `run`.
-    unsafe { libc::_exit(failure.code) }
+fn cap_failure(step: Step, e: CapError) -> Failure {
+    match e {
+        CapError::Apply { source, .. } => fail(step, 0, source),
+        CapError::Unknown(_) => fail(step, 0, Errno::EINVAL),
+    }
+}
+
+/// Docker creates a missing working directory (as root, before the user
+/// switch). One mkdir when the parent exists, which is the common case.
+fn make_cwd(l: &Launch) -> Result<(), Failure> {
+    let mkdir = |p: &std::ffi::CStr| {
+        // SAFETY: a NUL-terminated path the agent prepared.
+        match unsafe { libc::mkdir(p.as_ptr(), 0o755) } {
+            0 => Ok(()),
+            _ => Err(Errno::last()),
+        }
+    };
+    match mkdir(&l.cwd) {
+        Ok(()) | Err(Errno::EEXIST) => return Ok(()),
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(fail(Step::Cwd, l.cwd_ancestors.len(), e)),
+    }
+    for (i, dir) in l.cwd_ancestors.iter().enumerate() {
+        match mkdir(dir) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(fail(Step::Cwd, i, e)),
+        }
+    }
+    match mkdir(&l.cwd) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(fail(Step::Cwd, l.cwd_ancestors.len(), e)),
+    }
 }
 
 /// Puts `fds` on 0, 1, 2 (dup2 clears close-on-exec on the copies).
-fn install_stdio(mut fds: [RawFd; 3]) -> Result<(), ChildError> {
+fn install_stdio(mut fds: [RawFd; 3]) -> Result<(), Errno> {
     // A source already on 0-2 could be overwritten by an earlier dup2;
     // move them all out of the way first.
     if fds.iter().any(|&fd| fd <= 2) {
         for fd in &mut fds {
-            *fd =
-                fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(sys("cannot duplicate stdio"))?;
+            *fd = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
         }
     }
     for (target, fd) in fds.into_iter().enumerate() {
         // SAFETY: dup2 onto 0-2, which nothing in this process owns as a
         // Rust object; `fd` is open.
         if unsafe { libc::dup2(fd, target as RawFd) } < 0 {
-            return Err(ChildError::Sys {
-                what: "cannot install stdio",
-                source: Errno::last(),
-            });
+            return Err(Errno::last());
         }
     }
     Ok(())
@@ -336,4 +419,89 @@ fn reset_signals() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // SAFETY: installing SIG_DFL involves no handler code.
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+fn sys(what: &'static str, source: Errno) -> ChildError {
+    ChildError::Sys { what, source }
+}
+
+/// The agent's reading of the init's `failure`, with the names and paths
+/// from the `Launch` it was given.
+pub fn describe(failure: &Failure, l: &Launch) -> ChildError {
+    let errno = Errno::from_raw(failure.errno);
+    let index = failure.index as usize;
+    let Some(step) = STEPS.iter().copied().find(|s| *s as u32 == failure.step) else {
+        return ChildError::Garbled;
+    };
+    match step {
+        Step::JoinCgroup => ChildError::Cgroup(errno.into()),
+        Step::CgroupNamespace => sys("cannot create cgroup namespace", errno),
+        Step::MakePrivate => sys("cannot make mounts private", errno),
+        Step::Mount => match l.plan.get(index) {
+            Some(op) => op.error(errno).into(),
+            None => ChildError::Garbled,
+        },
+        Step::Pivot => enter_error(&l.rootfs, index, errno).into(),
+        Step::Hostname => sys("cannot set hostname", errno),
+        Step::Loopback => sys("cannot bring up the loopback interface", errno),
+        Step::OpenPty => sys("cannot open /dev/ptmx", errno),
+        Step::UnlockPty => sys("cannot unlock the pty", errno),
+        Step::PtySlave => sys("cannot open the pty slave", errno),
+        Step::SizeTty => sys("cannot size the terminal", errno),
+        Step::ChownTty => sys("cannot chown the terminal", errno),
+        Step::SendPty => sys("cannot pass the terminal to the agent", errno),
+        Step::Session => sys("cannot start a session", errno),
+        Step::ControllingTty => sys("cannot acquire the controlling terminal", errno),
+        Step::Stdio => sys("cannot install stdio", errno),
+        Step::Rlimit => match l.rlimits.get(index) {
+            Some(r) => rlimit_error(r, errno).into(),
+            None => ChildError::Garbled,
+        },
+        Step::Bounding => CapError::Apply {
+            what: "bounding",
+            source: errno,
+        }
+        .into(),
+        Step::KeepCaps if index == 0 => sys("cannot keep capabilities", errno),
+        Step::KeepCaps => sys("cannot reset keepcaps", errno),
+        Step::User => user_error(&l.identity, index, errno).into(),
+        Step::ProcessCaps => CapError::Apply {
+            what: "process sets",
+            source: errno,
+        }
+        .into(),
+        Step::NoNewPrivs => sys("cannot set no_new_privs", errno),
+        Step::Cwd => ChildError::Cwd {
+            path: l
+                .cwd_ancestors
+                .get(index)
+                .unwrap_or(&l.cwd)
+                .to_string_lossy()
+                .into_owned(),
+            source: errno,
+        },
+        Step::Chdir => ChildError::Chdir {
+            path: l.cwd.to_string_lossy().into_owned(),
+            source: errno,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_decodes_to_itself() {
+        for (i, s) in STEPS.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32 + 1, "{s:?} out of order");
+        }
+    }
+
+    #[test]
+    fn stack_lines_cut_at_capacity() {
+        let mut l = StackLine::new();
+        fmt::Write::write_str(&mut l, &"x".repeat(600)).unwrap();
+        assert_eq!(l.bytes().len(), 512);
+    }
 }

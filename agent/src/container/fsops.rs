@@ -12,8 +12,15 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use thiserror::Error;
 
+use super::disk::{await_disk, DiskError, ATTACH_TIMEOUT};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FsOp {
+    /// Waits until the block device has a capacity (it may be attached
+    /// only after a restore) and flushes its buffer cache. Agent-side only.
+    AwaitDisk {
+        device: PathBuf,
+    },
     /// Creates one directory; an existing one is fine.
     Mkdir {
         path: PathBuf,
@@ -63,28 +70,34 @@ pub enum FsOpError {
         link: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Disk(#[from] DiskError),
 }
 
 impl FsOp {
     /// Runs the operation. Mode bits are exact only under umask 0, which
     /// the container setup sets.
     pub fn apply(&self) -> Result<(), FsOpError> {
+        if let FsOp::AwaitDisk { device } = self {
+            return Ok(await_disk(device, ATTACH_TIMEOUT)?);
+        }
+        self.apply_raw().map_err(|e| self.error(e))
+    }
+
+    /// Runs a syscall operation, reporting only the errno: allocation-free
+    /// on both paths, for the container's init, which shares the agent's
+    /// memory until it execs. [`error`](Self::error) makes the full error.
+    pub fn apply_raw(&self) -> Result<(), Errno> {
         match self {
+            // Needs the agent's clock and sleeps: never in the init's plan.
+            FsOp::AwaitDisk { .. } => Err(Errno::EINVAL),
             FsOp::Mkdir { path, mode } => {
                 match nix::unistd::mkdir(path, Mode::from_bits_truncate(*mode)) {
                     Ok(()) | Err(Errno::EEXIST) => Ok(()),
-                    Err(e) => Err(FsOpError::Mkdir {
-                        path: path.clone(),
-                        source: e.into(),
-                    }),
+                    Err(e) => Err(e),
                 }
             }
-            FsOp::MkdirAll { path } => {
-                std::fs::create_dir_all(path).map_err(|source| FsOpError::Mkdir {
-                    path: path.clone(),
-                    source,
-                })
-            }
+            FsOp::MkdirAll { path } => std::fs::create_dir_all(path).map_err(io_errno),
             FsOp::Mount {
                 source,
                 target,
@@ -97,12 +110,7 @@ impl FsOp {
                 fstype.as_deref(),
                 *flags,
                 data.as_deref(),
-            )
-            .map_err(|e| FsOpError::Mount {
-                what: describe_mount(source.as_ref(), fstype.as_deref(), *flags),
-                target: target.clone(),
-                source: e,
-            }),
+            ),
             FsOp::Mknod {
                 path,
                 mode,
@@ -115,22 +123,49 @@ impl FsOp {
                 makedev(*major, *minor),
             ) {
                 Ok(()) | Err(Errno::EEXIST) => Ok(()),
-                Err(e) => Err(FsOpError::Mknod {
-                    path: path.clone(),
-                    source: e,
-                }),
+                Err(e) => Err(e),
             },
             FsOp::Symlink { target, link } => match symlink(target, link) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    Err(FsOpError::Symlink {
-                        link: link.clone(),
-                        source: e,
-                    })
-                }
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_errno(e)),
                 _ => Ok(()),
             },
         }
     }
+
+    /// The error of this operation failing with `errno`.
+    pub fn error(&self, errno: Errno) -> FsOpError {
+        match self {
+            FsOp::Mkdir { path, .. }
+            | FsOp::MkdirAll { path }
+            | FsOp::AwaitDisk { device: path } => FsOpError::Mkdir {
+                path: path.clone(),
+                source: errno.into(),
+            },
+            FsOp::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                ..
+            } => FsOpError::Mount {
+                what: describe_mount(source.as_ref(), fstype.as_deref(), *flags),
+                target: target.clone(),
+                source: errno,
+            },
+            FsOp::Mknod { path, .. } => FsOpError::Mknod {
+                path: path.clone(),
+                source: errno,
+            },
+            FsOp::Symlink { link, .. } => FsOpError::Symlink {
+                link: link.clone(),
+                source: errno.into(),
+            },
+        }
+    }
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 fn describe_mount(source: Option<&PathBuf>, fstype: Option<&str>, flags: MsFlags) -> String {
@@ -145,9 +180,30 @@ fn describe_mount(source: Option<&PathBuf>, fstype: Option<&str>, flags: MsFlags
     }
 }
 
-/// Runs operations in order, stopping at the first failure.
-pub fn apply_all(ops: &[FsOp]) -> Result<(), FsOpError> {
-    ops.iter().try_for_each(FsOp::apply)
+/// Runs `ops` in order for the container's init: the failing op's index and
+/// errno, without allocating.
+pub fn apply_all_raw(ops: &[FsOp]) -> Result<(), (usize, Errno)> {
+    for (i, op) in ops.iter().enumerate() {
+        op.apply_raw().map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+/// A short, stable name for the step an agent-side op ends, if it is one
+/// worth timing on its own: the disk waits and the mounts, named after
+/// their mount point (`mount:lower`, `mount:volume0`) or device
+/// (`disk:vda`). Directory creation is counted in the step it precedes.
+pub fn step_name(op: &FsOp) -> Option<String> {
+    let leaf = |p: &std::path::Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    match op {
+        FsOp::AwaitDisk { device } => Some(format!("disk:{}", leaf(device))),
+        FsOp::Mount { target, .. } => Some(format!("mount:{}", leaf(target))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +214,7 @@ mod tests {
     fn ops_on_a_plain_directory() {
         let dir = std::env::temp_dir().join(format!("bulkhead-fsops-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let ops = vec![
+        let ops = [
             FsOp::Mkdir {
                 path: dir.clone(),
                 mode: 0o755,
@@ -179,7 +235,7 @@ mod tests {
                 link: dir.join("fd"),
             },
         ];
-        apply_all(&ops).unwrap();
+        ops.iter().try_for_each(FsOp::apply).unwrap();
         assert!(dir.join("a/b/c").is_dir());
         assert_eq!(
             std::fs::read_link(dir.join("fd")).unwrap(),
@@ -193,6 +249,50 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("missing/parent"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn raw_errors_become_the_same_typed_errors() {
+        let op = FsOp::Mkdir {
+            path: "/nonexistent-parent/x".into(),
+            mode: 0o755,
+        };
+        assert_eq!(op.apply_raw(), Err(Errno::ENOENT));
+        let ops = [
+            FsOp::MkdirAll {
+                path: std::env::temp_dir(),
+            },
+            op.clone(),
+        ];
+        assert_eq!(apply_all_raw(&ops), Err((1, Errno::ENOENT)));
+        assert_eq!(
+            op.error(Errno::ENOENT).to_string(),
+            op.apply().unwrap_err().to_string()
+        );
+        assert_eq!(
+            FsOp::AwaitDisk {
+                device: "/dev/vda".into()
+            }
+            .apply_raw(),
+            Err(Errno::EINVAL)
+        );
+    }
+
+    #[test]
+    fn step_names() {
+        let m = FsOp::Mount {
+            source: Some("/dev/vda".into()),
+            target: "/run/bulkhead/c1/lower".into(),
+            fstype: Some("ext4".into()),
+            flags: MsFlags::MS_RDONLY,
+            data: None,
+        };
+        assert_eq!(step_name(&m).as_deref(), Some("mount:lower"));
+        let d = FsOp::AwaitDisk {
+            device: "/dev/vdb".into(),
+        };
+        assert_eq!(step_name(&d).as_deref(), Some("disk:vdb"));
+        assert_eq!(step_name(&FsOp::MkdirAll { path: "/x".into() }), None);
     }
 
     #[test]

@@ -1,27 +1,32 @@
-//! One container: its disks mounted by the agent, the rest built by a
-//! cloned init in fresh namespaces; started on request, watched until it
+//! One container: its disks mounted by the agent, the rest built by an
+//! init spawned in fresh namespaces; started on request, watched until it
 //! exits, then torn down.
 //!
 //! Like youki's libcontainer, each job has its module: `rootfs` and
-//! `devices` plan the filesystem, `fsops` runs the plan, `namespaces`
-//! clones, `cgroups` limits, `capabilities`/`user`/`process` shape the
-//! process, `channel` syncs agent and init, `child` is the init itself.
+//! `devices` plan the filesystem, `disk` waits for late disks, `fsops`
+//! runs the plan, `cgroups` limits, `launch` prepares everything the init
+//! needs, `spawn` creates it without copying the agent, `channel` carries
+//! its reports back, `child` is the init itself, `capabilities`/`user`/
+//! `process` shape the process.
 
 pub mod capabilities;
 pub mod cgroups;
 pub mod channel;
 pub mod child;
 pub mod devices;
+pub mod disk;
 pub mod fsops;
+pub mod launch;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;
+pub mod spawn;
 pub mod user;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
-use bulkhead_protocol::{ContainerSpec, ExitStatus, SpecError, Termination};
+use bulkhead_protocol::{ContainerSpec, ExitStatus, SpecError, StepTime, Termination};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
@@ -31,12 +36,15 @@ use thiserror::Error;
 use self::capabilities::{capability_sets, CapError};
 use self::cgroups::{Cgroup, CgroupError};
 use self::channel::Report;
-use self::child::ChildContext;
-use self::fsops::{apply_all, FsOpError};
-use self::namespaces::{clone_flags, clone_process, Forked};
+use self::child::{ChildArgs, ChildError, Marks};
+use self::fsops::{step_name, FsOpError};
+use self::launch::Launch;
+use self::namespaces::clone_flags;
 use self::rootfs::{Layout, PlanError};
+use self::spawn::{spawn, Stack};
 use crate::reaper::wait_for;
 use crate::stdio::Stdio;
+use crate::trace::{step, Mark, Trace};
 
 #[derive(Debug, Error)]
 pub enum ContainerError {
@@ -53,9 +61,11 @@ pub enum ContainerError {
     #[error("{what}: {source}")]
     Sys { what: &'static str, source: Errno },
     #[error("container setup failed: {0}")]
-    Setup(String),
-    #[error("container init exited during setup")]
+    Setup(#[from] ChildError),
+    #[error("container init died during setup")]
     InitDied,
+    #[error("container init opened no terminal")]
+    NoTerminal,
     #[error("container is {0}")]
     WrongState(&'static str),
     #[error("invalid signal {0}")]
@@ -73,23 +83,25 @@ pub struct Settings {
     pub cgroup_root: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum State {
-    Created,
-    Running,
-    Exited(Termination),
+    /// Built; the init is prepared but not spawned.
+    Created(Box<Launch>),
+    Running(Pid),
+    Exited(Pid, Termination),
 }
 
 #[derive(Debug)]
 pub struct Container {
-    pid: Pid,
-    /// Dropped once the process runs: its end closed at exec.
-    channel: Option<OwnedFd>,
+    state: State,
     cgroup: Option<Cgroup>,
     layout: Layout,
     volumes: usize,
+    /// Mount points of the writable volumes: what Shutdown flushes.
+    writable_volumes: Vec<PathBuf>,
     pub stdio: Stdio,
-    state: State,
+    /// Steps so far, reported with Started (then with Exit).
+    trace: Trace,
 }
 
 /// Maps a wait status onto the protocol's termination.
@@ -104,8 +116,8 @@ pub fn termination(status: WaitStatus) -> Option<Termination> {
 }
 
 impl Container {
-    /// Builds the container and leaves its init waiting for [`start`].
-    /// On failure nothing is left behind.
+    /// Mounts the container's storage, makes its cgroup and prepares its
+    /// init, which [`start`] spawns. On failure nothing is left behind.
     ///
     /// [`start`]: Container::start
     pub fn create(
@@ -113,29 +125,54 @@ impl Container {
         spec: &ContainerSpec,
         settings: &Settings,
     ) -> Result<Container, ContainerError> {
+        let mut trace = Trace::start();
         spec.validate()?;
-        // Checked here so a typo fails before anything is built; the child
+        // Checked here so a typo fails before anything is built; `launch`
         // computes the final sets once it knows the uid.
         capability_sets(spec.process.capabilities.as_deref(), 0)?;
         let layout = Layout::new(&settings.state_dir, id);
         let plan = rootfs::plan(&spec.storage, &layout, settings.cgroup_root.is_some())?;
+        trace.mark("plan");
 
         let cgroup = match &settings.cgroup_root {
             Some(root) => Some(Cgroup::create(root, id, &spec.resources)?),
             None => None,
         };
-        let result = apply_all(&plan.storage)
-            .map_err(ContainerError::from)
-            .and_then(|()| Self::spawn(spec, &layout, &plan.container, cgroup.as_ref()));
+        if cgroup.is_some() {
+            trace.mark("cgroup");
+        }
+        let result = (|| {
+            for op in &plan.storage {
+                op.apply()?;
+                if let Some(name) = step_name(op) {
+                    trace.mark(&name);
+                }
+            }
+            let (stdio, child_stdio) = if spec.process.terminal {
+                (Stdio::awaiting_pty(), None)
+            } else {
+                let (s, c) = Stdio::pipes().map_err(sys("cannot create stdio pipes"))?;
+                (s, Some(c))
+            };
+            let launch = Launch::prepare(
+                spec,
+                layout.rootfs(),
+                plan.container,
+                cgroup.as_ref().map(Cgroup::procs_file).as_deref(),
+                child_stdio,
+            )?;
+            trace.mark("prepare");
+            Ok::<_, ContainerError>((launch, stdio))
+        })();
         match result {
-            Ok((pid, channel, stdio)) => Ok(Container {
-                pid,
-                channel: Some(channel),
+            Ok((launch, stdio)) => Ok(Container {
+                state: State::Created(Box::new(launch)),
                 cgroup,
+                writable_volumes: rootfs::writable_volumes(&spec.storage, &layout),
                 layout,
                 volumes: spec.storage.volumes.len(),
                 stdio,
-                state: State::Created,
+                trace,
             }),
             Err(e) => {
                 if let Some(c) = cgroup {
@@ -147,107 +184,76 @@ impl Container {
         }
     }
 
-    fn spawn(
-        spec: &ContainerSpec,
-        layout: &Layout,
-        plan: &[fsops::FsOp],
-        cgroup: Option<&Cgroup>,
-    ) -> Result<(Pid, OwnedFd, Stdio), ContainerError> {
-        let (ours, theirs) = channel::pair().map_err(sys("cannot create the setup channel"))?;
-        let (stdio, child_stdio) = if spec.process.terminal {
-            (None, None)
-        } else {
-            let (s, c) = Stdio::pipes().map_err(sys("cannot create stdio pipes"))?;
-            (Some(s), Some(c))
-        };
-        let ctx = ChildContext {
-            spec,
-            plan,
-            rootfs: layout.rootfs(),
-            cgroup_procs: cgroup.map(Cgroup::procs_file),
-            channel: theirs,
-            stdio: child_stdio,
-        };
-        // SAFETY: the agent is single-threaded, and the child ends in exec
-        // or _exit inside `child::run`.
-        let pid = match unsafe { clone_process(clone_flags()) }
-            .map_err(sys("cannot create the container init"))?
-        {
-            Forked::Child => child::run(ctx),
-            Forked::Parent(pid) => pid,
-        };
-        // Close our copies of the child's ends, or EOF would never come.
-        drop(ctx);
-
-        let fail = |e: ContainerError| {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = wait_for(pid);
-            e
-        };
-        let report = channel::recv_report(ours.as_fd())
-            .map_err(sys("cannot read the container init's report"))
-            .map_err(fail)?;
-        let stdio = match (report, stdio) {
-            (Report::Ready(_), Some(pipes)) => pipes,
-            (Report::Ready(Some(master)), None) => Stdio::pty(master)
-                .map_err(sys("cannot set up the terminal"))
-                .map_err(fail)?,
-            (Report::Ready(None), None) => {
-                return Err(fail(ContainerError::Setup("no terminal received".into())))
-            }
-            (Report::Failed(msg), _) => return Err(fail(ContainerError::Setup(msg))),
-            (Report::Closed, _) => return Err(fail(ContainerError::InitDied)),
-        };
-        Ok((pid, ours, stdio))
-    }
-
-    pub fn pid(&self) -> Pid {
-        self.pid
+    /// The init's pid, once spawned.
+    pub fn pid(&self) -> Option<Pid> {
+        match self.state {
+            State::Created(_) => None,
+            State::Running(pid) | State::Exited(pid, _) => Some(pid),
+        }
     }
 
     pub fn is_started(&self) -> bool {
-        self.state != State::Created
+        !matches!(self.state, State::Created(_))
     }
 
     pub fn has_exited(&self) -> bool {
-        matches!(self.state, State::Exited(_))
+        matches!(self.state, State::Exited(..))
     }
 
-    /// Lets the init exec the process. Returns once it has exec'd (or
-    /// failed to, which the process reports itself with 127/126).
-    pub fn start(&mut self) -> Result<Pid, ContainerError> {
-        match self.state {
-            State::Created => {}
-            State::Running => return Err(ContainerError::WrongState("already started")),
-            State::Exited(_) => return Err(ContainerError::WrongState("already exited")),
+    /// Spawns the init, which sets up the namespaces and execs the
+    /// process. Returns once it has exec'd (or failed to, which the process
+    /// reports itself with 127/126), with the steps since Create began.
+    pub fn start(&mut self, stack: &mut Stack) -> Result<(Pid, Vec<StepTime>), ContainerError> {
+        let launch = match &self.state {
+            State::Created(launch) => launch,
+            State::Running(_) => return Err(ContainerError::WrongState("already started")),
+            State::Exited(..) => return Err(ContainerError::WrongState("already exited")),
+        };
+        // The time between Created and Start is the host's.
+        self.trace.restart();
+        let (ours, theirs) = channel::pair().map_err(sys("cannot create the report channel"))?;
+        let mut args = ChildArgs {
+            launch,
+            report: theirs.as_raw_fd(),
+            marks: Marks::default(),
+        };
+        let before = Mark::now();
+        // SAFETY: `child::entry` only makes syscalls on data `launch`
+        // prepared and writes `args.marks`: no allocation, no unwinding
+        // (it ends in exec or _exit); the agent is single-threaded.
+        let spawned = unsafe { spawn(stack, clone_flags(), child::entry, &mut args) };
+        let resumed = Mark::now();
+        let marks = args.marks;
+        // Our copy of the init's end: the channel ends when the init's does.
+        drop(theirs);
+        let pid = spawned.map_err(sys("cannot create the container init"))?;
+        record_spawn(&mut self.trace, before, &marks, resumed);
+
+        let reached_exec = marks
+            .recorded()
+            .last()
+            .is_some_and(|(n, _)| *n == LAST_MARK);
+        let result = collect_reports(ours.as_fd(), launch, &mut self.stdio);
+        // The init's setup is over: drop the agent's copies of its stdio
+        // ends (or output would never reach EOF) and of its cgroup file.
+        self.state = State::Running(pid);
+        result?;
+        if !reached_exec {
+            return Err(ContainerError::InitDied);
         }
-        let channel = self
-            .channel
-            .take()
-            .ok_or(ContainerError::WrongState("not startable"))?;
-        channel::send_start(channel.as_fd()).map_err(|_| ContainerError::InitDied)?;
-        match channel::recv_report(channel.as_fd())
-            .map_err(sys("cannot read the container init's report"))?
-        {
-            Report::Closed => {
-                self.state = State::Running;
-                Ok(self.pid)
-            }
-            Report::Failed(msg) => Err(ContainerError::Setup(msg)),
-            Report::Ready(_) => Err(ContainerError::Setup(
-                "unexpected second ready report".into(),
-            )),
-        }
+        self.trace.mark("report");
+        let steps = self.trace.take();
+        Ok((pid, steps))
     }
 
     /// Forwards a signal to the process. Signals racing with its exit are
     /// dropped silently.
     pub fn signal(&self, signal: i32) -> Result<(), ContainerError> {
         let sig = Signal::try_from(signal).map_err(|_| ContainerError::BadSignal(signal))?;
-        if self.state != State::Running {
+        let State::Running(pid) = self.state else {
             return Ok(());
-        }
-        match kill(self.pid, sig) {
+        };
+        match kill(pid, sig) {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(sys("cannot signal the container")(e)),
         }
@@ -255,15 +261,18 @@ impl Container {
 
     /// Records the reaped status of the container's init.
     pub fn set_exited(&mut self, status: WaitStatus) {
-        if let Some(t) = termination(status) {
-            self.state = State::Exited(t);
+        if let (Some(pid), Some(t)) = (self.pid(), termination(status)) {
+            if !self.has_exited() {
+                self.trace.mark("wait");
+            }
+            self.state = State::Exited(pid, t);
         }
     }
 
     /// The final status, once the process exited.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         match self.state {
-            State::Exited(termination) => Some(ExitStatus {
+            State::Exited(_, termination) => Some(ExitStatus {
                 termination,
                 oom_killed: self.cgroup.as_ref().is_some_and(Cgroup::oom_killed),
             }),
@@ -271,18 +280,102 @@ impl Container {
         }
     }
 
-    /// Kills the container (if still alive), reaps it and removes its
-    /// cgroup and mount points.
-    pub fn destroy(mut self) {
-        if !self.has_exited() {
-            let _ = kill(self.pid, Signal::SIGKILL);
-            if let Ok(status) = wait_for(self.pid) {
+    /// The steps since the process started: `wait` (until it was reaped)
+    /// and `drain` (forwarding the rest of its output), for the Exit reply.
+    pub fn exit_steps(&mut self) -> Vec<StepTime> {
+        self.trace.mark("drain");
+        self.trace.take()
+    }
+
+    /// Kills the process if still alive and reaps it (its pid namespace,
+    /// and so every process of the container, dies with it).
+    pub fn stop(&mut self) {
+        if let State::Running(pid) = self.state {
+            let _ = kill(pid, Signal::SIGKILL);
+            if let Ok(status) = wait_for(pid) {
                 self.set_exited(status);
             }
         }
+    }
+
+    /// Flushes the writable volumes (syncfs on each, nothing else: the
+    /// scratch disk and the image are thrown away with the VM). Stop the
+    /// container first, or it may write on after the flush.
+    pub fn flush_volumes(&self) -> Result<(), ContainerError> {
+        for dir in &self.writable_volumes {
+            let f = std::fs::File::open(dir).map_err(|e| {
+                sys("cannot open a volume to flush it")(Errno::from_raw(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ))
+            })?;
+            // SAFETY: syncfs on a descriptor we own.
+            if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+                return Err(sys("cannot flush a volume")(Errno::last()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the container and removes its cgroup and mount points.
+    pub fn destroy(mut self) {
+        self.stop();
         if let Some(c) = self.cgroup.take() {
             c.remove();
         }
         self.layout.teardown(self.volumes);
     }
+}
+
+/// The clone, the init's own marks (its clock is ours; its faults are
+/// its own) and the exec, ending when the agent resumed.
+fn record_spawn(trace: &mut Trace, before: Mark, marks: &Marks, resumed: Mark) {
+    trace.push(StepTime {
+        name: "clone".into(),
+        ns: marks.begin.ns.saturating_sub(before.ns),
+        faults: marks.begin.faults,
+    });
+    let mut prev = marks.begin;
+    for (name, at) in marks.recorded() {
+        trace.push(step(name, prev, *at));
+        prev = *at;
+    }
+    // The exec's faults land in the new image, which we cannot see.
+    trace.push(StepTime {
+        name: "exec".into(),
+        ns: resumed.ns.saturating_sub(prev.ns),
+        faults: 0,
+    });
+    trace.restart_at(resumed);
+}
+
+/// The init's last mark before its exec.
+const LAST_MARK: &str = "init:creds";
+
+/// Reads the init's reports until its channel closes: the pty master (with
+/// a terminal), or the failure of a setup step.
+fn collect_reports(
+    channel: std::os::fd::BorrowedFd<'_>,
+    launch: &Launch,
+    stdio: &mut Stdio,
+) -> Result<(), ContainerError> {
+    let mut got_pty = false;
+    loop {
+        match channel::recv_report(channel)
+            .map_err(sys("cannot read the container init's report"))?
+        {
+            Report::Pty(master) => {
+                stdio
+                    .attach_pty(master)
+                    .map_err(sys("cannot set up the terminal"))?;
+                got_pty = true;
+            }
+            Report::Failed(f) => return Err(child::describe(&f, launch).into()),
+            Report::Garbled => return Err(ChildError::Garbled.into()),
+            Report::Closed => break,
+        }
+    }
+    if launch.terminal && !got_pty {
+        return Err(ContainerError::NoTerminal);
+    }
+    Ok(())
 }

@@ -1,11 +1,10 @@
-//! Namespaces: creating the container's init in fresh ones, and the bits
-//! of per-namespace setup (hostname, loopback).
+//! Namespaces: which ones the container's init gets, and the bits of
+//! per-namespace setup (loopback).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
-use nix::unistd::Pid;
 
 /// New pid, mount, uts, ipc and net namespaces at clone time. The cgroup
 /// namespace comes later, from inside: it must be rooted at the
@@ -16,41 +15,6 @@ pub fn clone_flags() -> CloneFlags {
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET
-}
-
-/// What `clone_process` returns in each process.
-pub enum Forked {
-    Parent(Pid),
-    Child,
-}
-
-/// fork(2) into new namespaces: `clone` with no new stack, so the child
-/// continues on a copy of ours exactly like fork. The child is PID 1 of the
-/// new pid namespace.
-///
-/// # Safety
-/// Same contract as `fork` in a single-threaded process: the agent never
-/// starts threads, so the child may use the heap; it must end in exec or
-/// `_exit`, never return into the agent's own logic.
-pub unsafe fn clone_process(flags: CloneFlags) -> nix::Result<Forked> {
-    let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: the raw clone syscall with a null stack behaves like fork();
-    // the caller upholds fork's contract (see above).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags,
-            std::ptr::null_mut::<libc::c_void>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            0 as libc::c_ulong,
-        )
-    };
-    match ret {
-        -1 => Err(Errno::last()),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(Pid::from_raw(pid as libc::pid_t))),
-    }
 }
 
 /// Brings up `lo` in the (new, otherwise empty) network namespace, as

@@ -2,6 +2,7 @@
 //! the exec itself, with Docker's exit codes for exec failures.
 
 use std::ffi::CString;
+use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -106,39 +107,67 @@ pub fn rlimit_resource(kind: RlimitKind) -> Resource {
     }
 }
 
-pub fn apply_rlimits(rlimits: &[Rlimit]) -> Result<(), ProcessError> {
-    for r in rlimits {
-        setrlimit(rlimit_resource(r.kind), r.soft, r.hard).map_err(|source| {
-            ProcessError::Rlimit {
-                kind: r.kind,
-                soft: r.soft,
-                hard: r.hard,
-                source,
-            }
-        })?;
+/// Sets the limits in order; on failure, the index of the one refused.
+/// Allocation-free.
+pub fn apply_rlimits(rlimits: &[Rlimit]) -> Result<(), (usize, Errno)> {
+    for (i, r) in rlimits.iter().enumerate() {
+        setrlimit(rlimit_resource(r.kind), r.soft, r.hard).map_err(|e| (i, e))?;
     }
     Ok(())
 }
 
-/// Switches to the container user. Groups go first: afterwards we would no
-/// longer be allowed to change them.
-pub fn switch_user(user: &ResolvedUser) -> Result<(), ProcessError> {
-    let fail = |step, source| ProcessError::User {
-        uid: user.uid,
-        gid: user.gid,
-        step,
+pub fn rlimit_error(r: &Rlimit, source: Errno) -> ProcessError {
+    ProcessError::Rlimit {
+        kind: r.kind,
+        soft: r.soft,
+        hard: r.hard,
         source,
-    };
-    let groups: Vec<Gid> = user
-        .additional_gids
-        .iter()
-        .map(|&g| Gid::from_raw(g))
-        .collect();
-    setgroups(&groups).map_err(|e| fail("setgroups", e))?;
-    let gid = Gid::from_raw(user.gid);
-    setresgid(gid, gid, gid).map_err(|e| fail("setresgid", e))?;
-    let uid = Uid::from_raw(user.uid);
-    setresuid(uid, uid, uid).map_err(|e| fail("setresuid", e))
+    }
+}
+
+/// The container user as the init applies it, prepared by the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<Gid>,
+}
+
+impl From<&ResolvedUser> for Identity {
+    fn from(user: &ResolvedUser) -> Identity {
+        Identity {
+            uid: user.uid,
+            gid: user.gid,
+            groups: user
+                .additional_gids
+                .iter()
+                .map(|&g| Gid::from_raw(g))
+                .collect(),
+        }
+    }
+}
+
+/// The steps of [`switch_user`], named in its errors.
+pub const USER_STEPS: [&str; 3] = ["setgroups", "setresgid", "setresuid"];
+
+/// Switches to the container user. Groups go first: afterwards we would no
+/// longer be allowed to change them. On failure, the index of the step in
+/// [`USER_STEPS`]; allocation-free.
+pub fn switch_user(id: &Identity) -> Result<(), (usize, Errno)> {
+    setgroups(&id.groups).map_err(|e| (0, e))?;
+    let gid = Gid::from_raw(id.gid);
+    setresgid(gid, gid, gid).map_err(|e| (1, e))?;
+    let uid = Uid::from_raw(id.uid);
+    setresuid(uid, uid, uid).map_err(|e| (2, e))
+}
+
+pub fn user_error(id: &Identity, step: usize, source: Errno) -> ProcessError {
+    ProcessError::User {
+        uid: id.uid,
+        gid: id.gid,
+        step: USER_STEPS.get(step).copied().unwrap_or("?"),
+        source,
+    }
 }
 
 /// Where `arg0` is looked for, in order, like execvp(3).
@@ -159,61 +188,140 @@ pub fn exec_candidates(arg0: &str, path_var: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Why an exec failed, as Docker words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    NotInPath,
+    NoSuchFile,
+    PermissionDenied,
+    FormatError,
+    Other(Errno),
+}
+
 /// How an exec failure is reported: exit code and the line written to the
 /// container's stderr.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecFailure {
     pub code: i32,
-    pub message: String,
+    reason: Reason,
 }
 
 /// Docker's convention: 127 when there is nothing to run, 126 when there
 /// is something that cannot be run.
-pub fn exec_failure(arg0: &str, errno: Errno, searched_path: bool) -> ExecFailure {
+pub fn exec_failure(errno: Errno, searched_path: bool) -> ExecFailure {
     let (code, reason) = match errno {
-        Errno::ENOENT | Errno::ENOTDIR if searched_path => {
-            (127, "executable file not found in $PATH".to_string())
-        }
-        Errno::ENOENT | Errno::ENOTDIR => (127, "no such file or directory".to_string()),
-        Errno::EACCES => (126, "permission denied".to_string()),
-        Errno::ENOEXEC => (126, "exec format error".to_string()),
-        other => (126, other.desc().to_lowercase()),
+        Errno::ENOENT | Errno::ENOTDIR if searched_path => (127, Reason::NotInPath),
+        Errno::ENOENT | Errno::ENOTDIR => (127, Reason::NoSuchFile),
+        Errno::EACCES => (126, Reason::PermissionDenied),
+        Errno::ENOEXEC => (126, Reason::FormatError),
+        other => (126, Reason::Other(other)),
     };
-    ExecFailure {
-        code,
-        message: format!("bulkhead: exec {arg0:?}: {reason}"),
-    }
+    ExecFailure { code, reason }
 }
 
-fn to_cstring(s: &std::ffi::OsStr) -> Option<CString> {
-    CString::new(s.as_bytes()).ok()
-}
-
-/// Execs the process; returns only on failure. Tries every PATH entry
-/// like execvp(3): a "permission denied" along the way wins over a final
-/// "not found", any other error stops the search.
-pub fn exec(args: &[CString], env: &[CString], path_var: &str) -> ExecFailure {
-    let arg0 = args[0].to_string_lossy().into_owned();
-    let searched = !arg0.contains('/');
-    let mut seen_eacces = false;
-    let mut last = Errno::ENOENT;
-    for candidate in exec_candidates(&arg0, path_var) {
-        let Some(path) = to_cstring(candidate.as_os_str()) else {
-            continue;
-        };
-        let err = match nix::unistd::execve(&path, args, env) {
-            Err(e) => e,
-            Ok(never) => match never {},
-        };
-        match err {
-            Errno::ENOENT | Errno::ENOTDIR | Errno::ESTALE | Errno::ENAMETOOLONG => {}
-            Errno::EACCES => seen_eacces = true,
-            other => return exec_failure(&arg0, other, searched),
+impl ExecFailure {
+    /// Writes `bulkhead: exec "ARG0": REASON` without allocating.
+    pub fn write_message(&self, arg0: &str, out: &mut impl fmt::Write) -> fmt::Result {
+        write!(out, "bulkhead: exec {arg0:?}: ")?;
+        match self.reason {
+            Reason::NotInPath => out.write_str("executable file not found in $PATH"),
+            Reason::NoSuchFile => out.write_str("no such file or directory"),
+            Reason::PermissionDenied => out.write_str("permission denied"),
+            Reason::FormatError => out.write_str("exec format error"),
+            Reason::Other(e) => e
+                .desc()
+                .chars()
+                .try_for_each(|c| out.write_char(c.to_ascii_lowercase())),
         }
-        last = err;
     }
-    let errno = if seen_eacces { Errno::EACCES } else { last };
-    exec_failure(&arg0, errno, searched)
+
+    #[cfg(test)]
+    pub fn message(&self, arg0: &str) -> String {
+        let mut s = String::new();
+        let _ = self.write_message(arg0, &mut s);
+        s
+    }
+}
+
+/// Everything an exec needs, built by the agent: the container's init
+/// only passes pointers to execve.
+pub struct ExecPlan {
+    arg0: String,
+    searched: bool,
+    candidates: Vec<CString>,
+    // Own the strings `argv`/`envp` point into; a CString's buffer does
+    // not move when the CString does.
+    _args: Vec<CString>,
+    _env: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl std::fmt::Debug for ExecPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecPlan")
+            .field("arg0", &self.arg0)
+            .field("candidates", &self.candidates)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+impl ExecPlan {
+    /// `args` must not be empty (the spec was validated).
+    pub fn new(args: Vec<CString>, env: Vec<CString>, path_var: &str) -> ExecPlan {
+        let arg0 = args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let candidates = exec_candidates(&arg0, path_var)
+            .iter()
+            .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+            .collect();
+        ExecPlan {
+            searched: !arg0.contains('/'),
+            arg0,
+            candidates,
+            argv: pointers(&args),
+            envp: pointers(&env),
+            _args: args,
+            _env: env,
+        }
+    }
+
+    pub fn arg0(&self) -> &str {
+        &self.arg0
+    }
+
+    /// Execs the process; returns only on failure, without allocating.
+    /// Tries every PATH entry like execvp(3): a "permission denied" along
+    /// the way wins over a final "not found", any other error stops the
+    /// search.
+    pub fn exec(&self) -> ExecFailure {
+        let mut seen_eacces = false;
+        let mut last = Errno::ENOENT;
+        for path in &self.candidates {
+            // SAFETY: `path` is NUL-terminated; argv/envp are
+            // null-terminated arrays of pointers into strings `self` owns.
+            unsafe { libc::execve(path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+            let err = Errno::last();
+            match err {
+                Errno::ENOENT | Errno::ENOTDIR | Errno::ESTALE | Errno::ENAMETOOLONG => {}
+                Errno::EACCES => seen_eacces = true,
+                other => return exec_failure(other, self.searched),
+            }
+            last = err;
+        }
+        let errno = if seen_eacces { Errno::EACCES } else { last };
+        exec_failure(errno, self.searched)
+    }
 }
 
 #[cfg(test)]
@@ -287,32 +395,35 @@ mod tests {
 
     #[test]
     fn exec_error_codes() {
-        let f = exec_failure("nope", Errno::ENOENT, true);
+        let f = exec_failure(Errno::ENOENT, true);
         assert_eq!(f.code, 127);
         assert_eq!(
-            f.message,
+            f.message("nope"),
             "bulkhead: exec \"nope\": executable file not found in $PATH"
         );
-        assert_eq!(exec_failure("/x", Errno::ENOENT, false).code, 127);
-        assert!(exec_failure("/x", Errno::ENOENT, false)
-            .message
+        assert_eq!(exec_failure(Errno::ENOENT, false).code, 127);
+        assert!(exec_failure(Errno::ENOENT, false)
+            .message("/x")
             .contains("no such file"));
-        assert_eq!(exec_failure("/etc", Errno::EACCES, false).code, 126);
-        assert_eq!(exec_failure("/f", Errno::ENOEXEC, false).code, 126);
-        assert_eq!(exec_failure("/f", Errno::ETXTBSY, false).code, 126);
+        assert_eq!(exec_failure(Errno::EACCES, false).code, 126);
+        assert_eq!(exec_failure(Errno::ENOEXEC, false).code, 126);
+        let busy = exec_failure(Errno::ETXTBSY, false);
+        assert_eq!(busy.code, 126);
+        assert_eq!(busy.message("/f"), "bulkhead: exec \"/f\": text file busy");
+    }
+
+    fn plan(arg0: &str, path_var: &str) -> ExecPlan {
+        ExecPlan::new(vec![CString::new(arg0).unwrap()], vec![], path_var)
     }
 
     #[test]
     fn exec_reports_missing_and_unrunnable_files() {
         // Failing execs return without replacing the test process.
-        let args = [CString::new("definitely-not-a-command").unwrap()];
-        let f = exec(&args, &[], "/nonexistent:/also-missing");
+        let f = plan("definitely-not-a-command", "/nonexistent:/also-missing").exec();
         assert_eq!(f.code, 127);
-        let args = [CString::new("/etc/passwd").unwrap()];
-        let f = exec(&args, &[], DEFAULT_PATH);
-        assert_eq!(f.code, 126);
-        let args = [CString::new("/").unwrap()];
-        assert_eq!(exec(&args, &[], DEFAULT_PATH).code, 126);
+        assert_eq!(plan("/etc/passwd", DEFAULT_PATH).exec().code, 126);
+        assert_eq!(plan("/", DEFAULT_PATH).exec().code, 126);
+        assert_eq!(plan("/", DEFAULT_PATH).arg0(), "/");
     }
 
     #[test]

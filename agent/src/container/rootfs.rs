@@ -131,11 +131,29 @@ fn materialize(
             } else {
                 MsFlags::empty()
             };
+            ops.push(FsOp::AwaitDisk {
+                device: PathBuf::from(path),
+            });
             ops.push(mkdir(mount_point.clone()));
             ops.push(fs_mount(path, mount_point.clone(), fs_type, flags, None));
             mount_point
         }
     }
+}
+
+/// Where the writable volumes of `storage` are in the agent's view: their
+/// mount points, or the directories used in place.
+pub fn writable_volumes(storage: &Storage, layout: &Layout) -> Vec<PathBuf> {
+    storage
+        .volumes
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.read_only)
+        .map(|(i, v)| match &v.source {
+            Source::Directory { path } => PathBuf::from(path),
+            Source::BlockDevice { .. } => layout.volume(i),
+        })
+        .collect()
 }
 
 fn overlay_path(p: &Path) -> Result<String, PlanError> {
@@ -263,30 +281,45 @@ pub fn make_private() -> nix::Result<()> {
     )
 }
 
+/// The steps of [`enter`], named in its errors.
+pub const ENTER_STEPS: [&str; 6] = [
+    "chdir",
+    "pivot_root",
+    "detach old root",
+    "move mount",
+    "chroot",
+    "chdir /",
+];
+
 /// Makes `rootfs` the root: `pivot_root` then detaches the old root, so
 /// nothing of the agent's filesystem stays reachable. Falls back to
 /// move-mount + chroot where the old root cannot be pivoted away from
-/// (an initramfs root that was not re-rooted at boot).
-pub fn enter(rootfs: &Path) -> Result<(), PivotError> {
-    let fail = |step, source| PivotError::Failed {
-        rootfs: rootfs.to_path_buf(),
-        step,
-        source,
-    };
-    nix::unistd::chdir(rootfs).map_err(|e| fail("chdir", e))?;
+/// (an initramfs root that was not re-rooted at boot). On failure, the
+/// index of the step in [`ENTER_STEPS`]; allocation-free.
+pub fn enter(rootfs: &Path) -> Result<(), (usize, Errno)> {
+    let at = |step| move |e| (step, e);
+    nix::unistd::chdir(rootfs).map_err(at(0))?;
     match nix::unistd::pivot_root(".", ".") {
         Ok(()) => {
             // The old root is now stacked under "."; detach it.
-            umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach old root", e))?;
+            umount2(".", MntFlags::MNT_DETACH).map_err(at(2))?;
         }
         Err(Errno::EINVAL) => {
-            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-                .map_err(|e| fail("move mount", e))?;
-            nix::unistd::chroot(".").map_err(|e| fail("chroot", e))?;
+            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(at(3))?;
+            nix::unistd::chroot(".").map_err(at(4))?;
         }
-        Err(e) => return Err(fail("pivot_root", e)),
+        Err(e) => return Err((1, e)),
     }
-    nix::unistd::chdir("/").map_err(|e| fail("chdir /", e))
+    nix::unistd::chdir("/").map_err(at(5))
+}
+
+/// The error of [`enter`] failing at `step`.
+pub fn enter_error(rootfs: &Path, step: usize, source: Errno) -> PivotError {
+    PivotError::Failed {
+        rootfs: rootfs.to_path_buf(),
+        step: ENTER_STEPS.get(step).copied().unwrap_or("?"),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -374,13 +407,27 @@ mod tests {
         for (i, (t, f)) in expect_prefix.iter().enumerate() {
             assert_eq!(m[i], (t.to_string(), f.to_string()));
         }
-        assert!(plan.storage.contains(&FsOp::Mount {
+        let lower_mount = FsOp::Mount {
             source: Some("/dev/vda".into()),
             target: "/run/bulkhead/c1/lower".into(),
             fstype: Some("ext4".into()),
             flags: MsFlags::MS_RDONLY,
             data: None,
+        };
+        let pos = |op: &FsOp| plan.storage.iter().position(|o| o == op).unwrap();
+        // Every disk is waited for (a restored VM gets it late), before
+        // its mount.
+        let wait = FsOp::AwaitDisk {
+            device: "/dev/vda".into(),
+        };
+        assert!(pos(&wait) < pos(&lower_mount));
+        assert!(plan.storage.contains(&FsOp::AwaitDisk {
+            device: "/dev/vdb".into()
         }));
+        assert!(!plan
+            .container
+            .iter()
+            .any(|op| matches!(op, FsOp::AwaitDisk { .. })));
         assert_eq!(
             overlay_data(&plan.storage),
             "lowerdir=/run/bulkhead/c1/lower,upperdir=/run/bulkhead/c1/scratch/upper,\

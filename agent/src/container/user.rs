@@ -1,5 +1,6 @@
 //! Resolving the spec's user against the container's /etc/passwd and
-//! /etc/group (read after pivot_root, so it is the image's view).
+//! /etc/group (read by the agent inside the container's root, so it is the
+//! image's view).
 
 use bulkhead_protocol::User;
 use thiserror::Error;

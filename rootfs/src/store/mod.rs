@@ -5,7 +5,7 @@
 //! <root>/images/<hex>/meta.json  what the image is: config, size, origin
 //! <root>/images/<hex>/config.json  the image's original config blob (OCI and docker images)
 //! <root>/images/<hex>/rootfs/    the unpacked root (absent for in-place dir: images)
-//! <root>/images/<hex>/rootfs.ext4  the read-only root disk, built on first use
+//! <root>/images/<hex>/rootfs-v2.ext4  the read-only root disk, built on first use
 //! <root>/volumes/<name>.ext4     named volumes
 //! <root>/tmp/                    work areas; finished images are renamed out of here
 //! ```
@@ -44,7 +44,8 @@ pub const DEFAULT_STORE_ROOT: &str = "/var/lib/bulkhead";
 
 const META: &str = "meta.json";
 const ROOTFS: &str = "rootfs";
-const ROOT_DISK: &str = "rootfs.ext4";
+/// Versioned so that disks built by older code (with `lost+found`) are rebuilt, not reused.
+const ROOT_DISK: &str = "rootfs-v2.ext4";
 /// Work areas older than this belong to a process that died mid-import.
 const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
 
