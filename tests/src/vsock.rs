@@ -108,4 +108,3 @@ pub fn echo_through_guest(
     read.map_err(|e| format!("read the echo after {} bytes: {e}", echoed.len()))?;
     Ok((ok, echoed))
 }
-

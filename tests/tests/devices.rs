@@ -5,8 +5,8 @@
 //! Boots are expensive here (~30 s each), so one VM checks all the disks
 //! and one VM both vsock directions.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,7 +15,6 @@ use bulkhead_tests::vsock::{echo_through_guest, serve_guest_connection};
 use bulkhead_tests::{
     bulkhead, kernel, mkfs_ext4, spawn_bulkhead, static_c_binary, tempdir, Run, VM_TIMEOUT,
 };
-
 
 // Must match tests/fixtures/disk_init.c.
 const SEED_OFFSET: usize = 3 * 1024 * 1024 + 512;

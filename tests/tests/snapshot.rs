@@ -57,7 +57,10 @@ fn restored_guest_continues_exactly_and_vsock_works_both_ways() {
     let dir = tempdir();
     let (snap, before) = snapshot_guest(dir.path());
     let seen = counts(&before);
-    assert!(seen.len() >= 3 && seen.len() < COUNT_TO as usize, "{before}");
+    assert!(
+        seen.len() >= 3 && seen.len() < COUNT_TO as usize,
+        "{before}"
+    );
 
     let uds = dir.path().join("restored.sock");
     let listener = UnixListener::bind(format!("{}_{HOST_LISTEN_PORT}", uds.display())).unwrap();
@@ -82,9 +85,20 @@ fn restored_guest_continues_exactly_and_vsock_works_both_ways() {
         counts(&run.stdout).len() >= COUNT_TO as usize - seen.len() - 1,
         "the restored guest did not count on: {run:?}"
     );
-    assert_eq!(guest_line.expect("guest connection"), "ping after restore\n");
-    assert!(run.stdout.contains("snapshot-init: host replied: pong from host"), "{run:?}");
-    assert!(echoed == payload, "echo differs after {} bytes: {run:?}", echoed.len());
+    assert_eq!(
+        guest_line.expect("guest connection"),
+        "ping after restore\n"
+    );
+    assert!(
+        run.stdout
+            .contains("snapshot-init: host replied: pong from host"),
+        "{run:?}"
+    );
+    assert!(
+        echoed == payload,
+        "echo differs after {} bytes: {run:?}",
+        echoed.len()
+    );
     assert!(run.stdout.contains("snapshot-init: done"), "{run:?}");
 }
 

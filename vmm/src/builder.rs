@@ -24,8 +24,8 @@ use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_PORT_BASE, COM1_PORT_LEN};
 use crate::devices::legacy::trigger::EventFdTrigger;
-use crate::devices::virtio::RestoreError as DeviceRestoreError;
 use crate::devices::virtio::AttachedDevices;
+use crate::devices::virtio::RestoreError as DeviceRestoreError;
 use crate::snapshot::{self, HostCpu, SnapshotError, SnapshotPaths};
 use crate::vmm::{VmParts, Vmm};
 use crate::vstate::kvm::{open_kvm, KvmError};
@@ -295,8 +295,7 @@ fn attach_legacy_devices(
     let drained = SerialInput::drained_event().map_err(BuildError::EventFd)?;
     let drained_dup = drained.try_clone().map_err(BuildError::EventFd)?;
     let device = match serial_state {
-        Some(state) => SerialDevice::restore(state, serial_irq, drained_dup, console)
-            .map_err(DeviceRestoreError::from)?,
+        Some(state) => SerialDevice::restore(state, serial_irq, drained_dup, console)?,
         None => SerialDevice::new(serial_irq, drained_dup, console),
     };
     let serial = Arc::new(Mutex::new(device));

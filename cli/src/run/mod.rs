@@ -358,6 +358,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
             .ok()
     });
     let guest_times = session.guest_times();
+    let steps = session.steps().to_vec();
     let run_started = vm.run_started();
     // Once the agent has flushed the volumes nothing in the guest is worth
     // a clean shutdown: the host ends the VM rather than the guest's slow
@@ -394,6 +395,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
             );
         }
         timings.report();
+        report_steps(&steps);
     }
     if let Some(path) = &args.timings_json {
         let record = timings.record(run_started, guest_times, memory);
@@ -402,6 +404,18 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(status.code().clamp(0, 255) as u8)
+}
+
+/// The guest's own account of the container's steps (agent clock).
+fn report_steps(steps: &[bulkhead_protocol::StepTime]) {
+    for s in steps {
+        eprintln!(
+            "bulkhead: guest step: {:<20} {:>9.1} ms {:>6} faults",
+            s.name,
+            s.ns as f64 / 1e6,
+            s.faults
+        );
+    }
 }
 
 /// What the run's VM is made of, whether it boots or is restored.
@@ -422,8 +436,8 @@ enum Boot {
 }
 
 fn console_file(path: &Path) -> anyhow::Result<ConsoleOutput> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     Ok(ConsoleOutput::Writer(Box::new(file)))
 }
 
@@ -457,9 +471,8 @@ fn start_warm(plan: &VmPlan) -> anyhow::Result<(RunningVm, Boot)> {
     };
     let mut tpl = template::ensure(&spec)?;
     let restore = |dir: &Path| -> Result<RunningVm, BuildError> {
-        let console = console_file(&plan.console_log).map_err(|e| {
-            BuildError::EventFd(std::io::Error::other(format!("{e:#}")))
-        })?;
+        let console = console_file(&plan.console_log)
+            .map_err(|e| BuildError::EventFd(std::io::Error::other(format!("{e:#}"))))?;
         RunningVm::restore(RestoreConfig {
             snapshot_dir: dir.to_path_buf(),
             console,

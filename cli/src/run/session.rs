@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bulkhead_protocol::{
-    AgentClient, AgentWriter, ContainerSpec, Event, ExitStatus, GuestTimes, AGENT_VSOCK_PORT,
+    AgentClient, AgentWriter, ContainerSpec, Event, ExitStatus, GuestTimes, StepTime,
+    AGENT_VSOCK_PORT,
 };
 
 use super::vm::RunningVm;
@@ -113,6 +114,8 @@ pub struct Session {
     socket: UnixStream,
     /// The agent's milestones and when its `Started` reply arrived.
     guest_times: Option<(GuestTimes, Instant)>,
+    /// The guest-side steps of create, start and (once exited) the wait.
+    steps: Vec<StepTime>,
 }
 
 impl Session {
@@ -132,8 +135,10 @@ impl Session {
                 .context("cannot refresh the restored guest")?;
         }
         client.create(spec).context("cannot create the container")?;
-        let (_, times) = client.start_timed().context("cannot start the container")?;
-        let guest_times = times.map(|t| (t, Instant::now()));
+        let started = client
+            .start_traced()
+            .context("cannot start the container")?;
+        let guest_times = started.times.map(|t| (t, Instant::now()));
         client.wait()?;
         let (writer, reader) = client.split()?;
         Ok(Session {
@@ -141,6 +146,7 @@ impl Session {
             reader,
             socket,
             guest_times,
+            steps: started.steps,
         })
     }
 
@@ -148,6 +154,11 @@ impl Session {
     /// `Started` reply arrived, if the agent reports them.
     pub fn guest_times(&self) -> Option<(GuestTimes, Instant)> {
         self.guest_times
+    }
+
+    /// What the guest spent on each step of the container, in order.
+    pub fn steps(&self) -> &[StepTime] {
+        &self.steps
     }
 
     /// A handle other threads use to send stdin and signals.
@@ -162,10 +173,11 @@ impl Session {
         let mut stderr = std::io::stderr();
         let mut seen_output = false;
         loop {
-            let event = self
+            let (event, steps) = self
                 .reader
-                .next_event()
+                .next_event_with_steps()
                 .context("lost the connection to the guest agent")?;
+            self.steps.extend(steps);
             match &event {
                 Event::Stdout(data) | Event::Stderr(data) => {
                     if !seen_output && !data.is_empty() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_vmm::builder::{BuildError, RestoreConfig};
 use bulkhead_vmm::config::VmConfig;
-use bulkhead_vmm::vmm::{RunError, StopHandle, Vmm, VmExit};
+use bulkhead_vmm::vmm::{RunError, StopHandle, VmExit, Vmm};
 
 pub struct RunningVm {
     thread: Option<JoinHandle<Result<VmExit, RunError>>>,

@@ -128,8 +128,7 @@ pub fn ensure(spec: &TemplateSpec) -> anyhow::Result<Template> {
             built: false,
         });
     }
-    std::fs::create_dir_all(&base)
-        .with_context(|| format!("cannot create {}", base.display()))?;
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
     let _lock = lock(&base.join(format!(".{key}.lock")))?;
     if is_complete(&dir) {
         return Ok(Template {

@@ -27,7 +27,11 @@ impl<W: Write, F: FnOnce()> ReadyWatcher<W, F> {
             return;
         }
         self.tail.extend_from_slice(buf);
-        if self.tail.windows(self.marker.len()).any(|w| w == self.marker.as_slice()) {
+        if self
+            .tail
+            .windows(self.marker.len())
+            .any(|w| w == self.marker.as_slice())
+        {
             if let Some(f) = self.on_ready.take() {
                 f();
             }

@@ -144,7 +144,10 @@ mod tests {
         let mut bytes = encode(&sample()).unwrap();
         bytes[8] = 9;
         let err = decode::<Sample>(Path::new("s"), &bytes).unwrap_err();
-        assert!(matches!(err, FormatError::Version { found: 9, .. }), "{err}");
+        assert!(
+            matches!(err, FormatError::Version { found: 9, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("format version 9"), "{err}");
     }
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, MemoryRegionAddress,
+    FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress,
 };
 
 use crate::vstate::memory::ram_regions;
@@ -65,7 +65,7 @@ pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFile
             let n = CHUNK.min(len - done);
             let slice = region
                 .get_slice(MemoryRegionAddress(done as u64), n)
-                .map_err(|e| MemoryFileError::Guest(e.into()))?;
+                .map_err(MemoryFileError::Guest)?;
             slice.copy_to(&mut buf[..n]);
             for (i, page) in buf[..n].chunks(PAGE).enumerate() {
                 if page.iter().any(|&b| b != 0) {
@@ -128,7 +128,7 @@ pub fn restore_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryF
 
 #[cfg(test)]
 mod tests {
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::tempdir::TempDir;
 
     use super::*;
@@ -139,7 +139,8 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let path = dir.as_path().join("memory");
         let mem = create_guest_memory(8 << 20).unwrap();
-        mem.write_obj(0xdead_beef_u64, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0xdead_beef_u64, GuestAddress(0x1000))
+            .unwrap();
         mem.write_obj(0x1234_u32, GuestAddress((8 << 20) - 4))
             .unwrap();
         assert_eq!(save_memory(&mem, &path).unwrap(), 8 << 20);
@@ -149,13 +150,25 @@ mod tests {
 
         let a = restore_memory(&path, 8 << 20).unwrap();
         let b = restore_memory(&path, 8 << 20).unwrap();
-        assert_eq!(a.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
-        assert_eq!(a.read_obj::<u32>(GuestAddress((8 << 20) - 4)).unwrap(), 0x1234);
+        assert_eq!(
+            a.read_obj::<u64>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert_eq!(
+            a.read_obj::<u32>(GuestAddress((8 << 20) - 4)).unwrap(),
+            0x1234
+        );
         a.write_obj(7u64, GuestAddress(0x1000)).unwrap();
         // Copy-on-write: neither the other clone nor the file sees it.
-        assert_eq!(b.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            b.read_obj::<u64>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         let c = restore_memory(&path, 8 << 20).unwrap();
-        assert_eq!(c.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            c.read_obj::<u64>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
     }
 
     #[test]

@@ -166,8 +166,11 @@ impl SnapshotState {
                 return Err(inconsistent(format!("vCPU {i} has id {}", v.id)));
             }
         }
-        if self.mem_size < crate::config::MIN_MEM_MIB << 20 || self.mem_size % 4096 != 0 {
-            return Err(inconsistent(format!("guest memory of {} bytes", self.mem_size)));
+        if self.mem_size < crate::config::MIN_MEM_MIB << 20 || !self.mem_size.is_multiple_of(4096) {
+            return Err(inconsistent(format!(
+                "guest memory of {} bytes",
+                self.mem_size
+            )));
         }
         Ok(())
     }

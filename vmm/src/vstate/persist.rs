@@ -169,11 +169,7 @@ fn read_msrs(fd: &VcpuFd, cpu: u8, indices: &[u32]) -> Result<Vec<kvm_msr_entry>
     Ok(out)
 }
 
-fn get<T>(
-    cpu: u8,
-    what: &'static str,
-    r: Result<T, kvm_ioctls::Error>,
-) -> Result<T, StateError> {
+fn get<T>(cpu: u8, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, StateError> {
     r.map_err(|source| StateError::VcpuGet { cpu, what, source })
 }
 
@@ -259,7 +255,11 @@ pub fn restore_vcpu(kvm: &Kvm, fd: &VcpuFd, state: &VcpuState) -> Result<(), Sta
     set(cpu, "debug registers", fd.set_debug_regs(&state.debug_regs))?;
     set(cpu, "LAPIC", fd.set_lapic(&state.lapic))?;
     write_msrs(fd, cpu, &state.msrs)?;
-    set(cpu, "pending events", fd.set_vcpu_events(&state.vcpu_events))?;
+    set(
+        cpu,
+        "pending events",
+        fd.set_vcpu_events(&state.vcpu_events),
+    )?;
     Ok(())
 }
 

@@ -14,8 +14,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use super::persist::{self, VcpuState};
+use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::devices::bus::Bus;
 
 #[derive(Debug, thiserror::Error)]
@@ -496,7 +496,8 @@ mod tests {
         let vm_state = persist::save_vm(&vm).unwrap();
         crate::snapshot::memory::save_memory(&mem, &mem_path).unwrap();
         // Through JSON, as in a snapshot file.
-        let state: VcpuState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        let state: VcpuState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
         let vm_state: persist::VmState =
             serde_json::from_str(&serde_json::to_string(&vm_state).unwrap()).unwrap();
         drop(vcpu);
@@ -504,8 +505,7 @@ mod tests {
         let mem2 = crate::snapshot::memory::restore_memory(&mem_path, 16 << 20).unwrap();
         let vm2 = create_vm(&kvm, &mem2).unwrap();
         persist::restore_vm(&vm2, &vm_state).unwrap();
-        let mut restored =
-            Vcpu::restore(&kvm, &vm2, &state, mem2, Bus::new(), Bus::new()).unwrap();
+        let mut restored = Vcpu::restore(&kvm, &vm2, &state, mem2, Bus::new(), Bus::new()).unwrap();
         assert_eq!(count(&mut restored, 1), 6);
         assert_eq!(count(&mut restored, 3), 9);
     }
