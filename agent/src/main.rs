@@ -10,6 +10,7 @@ mod config;
 mod container;
 mod init;
 mod log;
+mod prefault;
 mod reaper;
 mod refresh;
 mod server;
@@ -89,6 +90,9 @@ fn run(config: &Config, started_at: u64) -> Result<(), Box<dyn std::error::Error
     // a template snapshot, so every clone starts with it done.
     let stack = Stack::new().map_err(|e| format!("cannot map the container init's stack: {e}"))?;
     container::capabilities::last_cap();
+    // The request buffer and frames of the serve loop; one output chunk.
+    prefault::stack(96 << 10);
+    prefault::heap(bulkhead_protocol::MAX_DATA_CHUNK);
     let refresher = if config.init {
         Some(Refresher::open(std::path::Path::new("/dev/urandom"))?)
     } else {

@@ -15,9 +15,14 @@ use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-/// The child's stack. The init's code is syscalls and small frames; debug
-/// builds need several times what release builds do.
-const STACK_SIZE: usize = 256 << 10;
+/// The child's stack. The init's code is syscalls and small frames (the
+/// largest are 1 KiB path buffers); debug builds need several times what
+/// release builds do. All of it is made present at start-up.
+const STACK_SIZE: usize = if cfg!(debug_assertions) {
+    256 << 10
+} else {
+    64 << 10
+};
 
 /// A stack for the container's init: mapped and touched once at agent
 /// start-up (before a template snapshot), reused by every container, with

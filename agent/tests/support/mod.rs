@@ -113,6 +113,8 @@ pub struct Agent {
     child: Child,
     pub dir: TempDir,
     socket: PathBuf,
+    /// The agent's pid as it sees itself: its cgroups are named after it.
+    own_pid: Option<u32>,
 }
 
 impl Agent {
@@ -154,7 +156,11 @@ impl Agent {
         .arg(env!("CARGO_BIN_EXE_bulkhead-agent"))
         .arg("--listen-unix")
         .arg(&socket);
-        Self::spawn(cmd, dir, socket)
+        let mut agent = Self::spawn(cmd, dir, socket);
+        // PID 1 of its namespace; it powers off without removing its
+        // cgroups (the VM would be gone), so the harness does.
+        agent.own_pid = Some(1);
+        agent
     }
 
     fn spawn(mut cmd: Command, dir: TempDir, socket: PathBuf) -> Agent {
@@ -166,7 +172,12 @@ impl Agent {
             assert!(Instant::now() < deadline, "agent did not come up");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Agent { child, dir, socket }
+        Agent {
+            child,
+            dir,
+            socket,
+            own_pid: None,
+        }
     }
 
     /// The busybox image this agent's containers use as overlay lower.
@@ -259,7 +270,7 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        remove_cgroups(self.child.id());
+        remove_cgroups(self.own_pid.unwrap_or(self.child.id()));
     }
 }
 
