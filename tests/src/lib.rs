@@ -244,11 +244,25 @@ pub fn shared_templates() -> PathBuf {
 /// A private bulkhead root (image store, volumes, run dirs) for one test.
 pub struct Root {
     dir: tempfile::TempDir,
+    /// Where runs keep templates: the suite's shared directory unless a
+    /// test needs templates of its own.
+    templates: PathBuf,
 }
 
 impl Root {
     pub fn new() -> Root {
-        Root { dir: tempdir() }
+        Root {
+            dir: tempdir(),
+            templates: shared_templates(),
+        }
+    }
+
+    /// A root whose runs keep their templates in `templates`.
+    pub fn with_templates(templates: &Path) -> Root {
+        Root {
+            dir: tempdir(),
+            templates: templates.to_path_buf(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -260,7 +274,7 @@ impl Root {
         cmd.args(args)
             .env("BULKHEAD_ROOT", self.path())
             .env("BULKHEAD_KERNEL", kernel())
-            .env("BULKHEAD_TEMPLATES", shared_templates());
+            .env("BULKHEAD_TEMPLATES", &self.templates);
         cmd
     }
 
@@ -317,6 +331,15 @@ impl Default for Root {
     fn default() -> Self {
         Root::new()
     }
+}
+
+/// The template a `run --timings` restored, from its timing line; `None`
+/// for a cold run.
+pub fn restored_template(run: &Run) -> Option<String> {
+    run.stderr
+        .lines()
+        .find_map(|l| l.split("restored template ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
 }
 
 /// What the agent prints on the guest console once it listens.
