@@ -1,6 +1,8 @@
 //! `bulkhead run`: containers from OCI images, each in its own microVM,
-//! behaving like `docker run`. Every test boots real VMs with the real
-//! kernel and agent, so each one checks as much as one VM can show.
+//! behaving like `docker run`. Every test runs real VMs with the real
+//! kernel and agent — restored from the suite's shared template, or booted
+//! where a test says `--cold` — so each one checks as much as one VM can
+//! show.
 
 use std::time::Duration;
 
@@ -204,8 +206,10 @@ fn stdin_is_piped_with_dash_i() {
 #[test]
 fn sigterm_goes_to_the_container() {
     let root = Root::new();
+    // Cold, so the booted path keeps an end-to-end test of signals too.
     let mut child = root.spawn(&[
         "run",
+        "--cold",
         "busybox",
         "sh",
         "-c",

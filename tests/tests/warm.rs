@@ -62,12 +62,23 @@ fn two_clones_of_one_template_are_distinct_machines() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        assert!(host.abs_diff(now) < 600, "guest clock {now}, host {host}: {run:?}");
+        assert!(
+            host.abs_diff(now) < 600,
+            "guest clock {now}, host {host}: {run:?}"
+        );
     }
     let (a, b) = (&runs[0], &runs[1]);
     let template = restored_template(a).expect("first clone was not restored");
-    assert_eq!(restored_template(b).as_deref(), Some(template.as_str()), "{b:?}");
-    assert_ne!(field(a, "random"), field(b, "random"), "clones share an RNG state");
+    assert_eq!(
+        restored_template(b).as_deref(),
+        Some(template.as_str()),
+        "{b:?}"
+    );
+    assert_ne!(
+        field(a, "random"),
+        field(b, "random"),
+        "clones share an RNG state"
+    );
 }
 
 #[test]
@@ -90,7 +101,10 @@ fn a_volume_and_another_image_use_the_same_template() {
     assert!(run.stdout.contains("listed\n"), "{run:?}");
     let first = restored_template(&run).expect("volume run was not restored");
 
-    let layers = vec![busybox_layer(), vec![file("srv/hello", b"from layout\n", 0o644)]];
+    let layers = vec![
+        busybox_layer(),
+        vec![file("srv/hello", b"from layout\n", 0o644)],
+    ];
     let layout = write_layout(
         &work.path().join("layout"),
         &layers,

@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 
 use bulkhead_vmm::devices::virtio::vsock::packet::{op, HOST_CID, TYPE_STREAM};
-use bulkhead_vmm::devices::virtio::vsock::Vsock;
+use bulkhead_vmm::devices::virtio::vsock::{Vsock, VSOCK_QUEUE_SIZE};
 use bulkhead_vmm::devices::virtio::{DeviceEventManager, MmioTransport, VirtioDevice};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use event_manager::SubscriberOps;
@@ -24,7 +24,8 @@ const GUEST_PORT: u32 = 5000;
 const HOST_PORT: u32 = 1234;
 const HDR_LEN: u32 = 44;
 const PAYLOAD: usize = 4096;
-const RX_BUFFERS: u16 = 64;
+/// Two descriptors each (header, data): as many as the queue holds.
+const RX_BUFFERS: u16 = VSOCK_QUEUE_SIZE / 2;
 /// What the guest says it can buffer: the host may send this much unread.
 const GUEST_BUF: u32 = 256 * 1024;
 const TXQ: usize = 1;
@@ -56,9 +57,9 @@ impl Guest {
         let mut transport = MmioTransport::new(mem.clone(), dev.clone());
         let mut em = DeviceEventManager::new().unwrap();
         em.add_subscriber(dev.clone());
-        let rxq = GuestQueue::new(GuestAddress(0x1_0000), 256);
-        let txq = GuestQueue::new(GuestAddress(0x2_0000), 256);
-        let evq = GuestQueue::new(GuestAddress(0x3_0000), 256);
+        let rxq = GuestQueue::new(GuestAddress(0x1_0000), VSOCK_QUEUE_SIZE);
+        let txq = GuestQueue::new(GuestAddress(0x2_0000), VSOCK_QUEUE_SIZE);
+        let evq = GuestQueue::new(GuestAddress(0x3_0000), VSOCK_QUEUE_SIZE);
         activate(&mut transport, &[&rxq, &txq, &evq]);
         // A placeholder until the connection exists.
         let (host, _) = UnixStream::pair().unwrap();

@@ -16,7 +16,10 @@ use crate::devices::virtio::interrupt::{IrqKind, IrqTrigger};
 use crate::devices::virtio::queue::{drain_queue, pop_chain, GuestChain};
 
 const VIRTIO_ID_VSOCK: u32 = 19;
-pub const VSOCK_QUEUE_SIZE: u16 = 256;
+/// The guest fills the whole rx queue with 4 KiB buffers when its driver
+/// starts, each a page it must allocate and fault in; 64 buffers (256 KiB
+/// in flight) keep streams fast and that start-up short.
+pub const VSOCK_QUEUE_SIZE: u16 = 64;
 pub const DEFAULT_GUEST_CID: u32 = 3;
 
 pub(super) const RXQ: usize = 0;

@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempdir::TempDir;
 
 use super::connection::CONN_BUF_SIZE;
-use super::device::{Vsock, VsockError};
+use super::device::{Vsock, VsockError, VSOCK_QUEUE_SIZE};
 use super::packet::{op, shutdown, TxHeader, HEADER_LEN, HOST_CID, TYPE_STREAM};
 use crate::devices::bus::BusDevice;
 use crate::devices::virtio::device::VirtioDevice;
@@ -74,9 +74,9 @@ impl Guest {
             dev,
             transport,
             em,
-            rxq: GuestQueue::new(GuestAddress(0x1_0000), 256),
-            txq: GuestQueue::new(GuestAddress(0x2_0000), 256),
-            evq: GuestQueue::new(GuestAddress(0x3_0000), 256),
+            rxq: GuestQueue::new(GuestAddress(0x1_0000), VSOCK_QUEUE_SIZE),
+            txq: GuestQueue::new(GuestAddress(0x2_0000), VSOCK_QUEUE_SIZE),
+            evq: GuestQueue::new(GuestAddress(0x3_0000), VSOCK_QUEUE_SIZE),
             rx_bufs: HashMap::new(),
             next_buf: 0x10_0000,
         }
@@ -84,7 +84,7 @@ impl Guest {
 
     /// Probes the device like Linux: reset, negotiate, set up the queues.
     fn start_driver(&mut self) {
-        self.evq = GuestQueue::new(GuestAddress(0x3_0000), 256);
+        self.evq = GuestQueue::new(GuestAddress(0x3_0000), VSOCK_QUEUE_SIZE);
         self.transport.write(0x70, &0u32.to_le_bytes());
         activate(&mut self.transport, &[&self.rxq, &self.txq, &self.evq]);
         self.pump();
