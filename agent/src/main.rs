@@ -22,6 +22,7 @@ use std::process::ExitCode;
 
 use crate::config::{Config, ConfigError, USAGE};
 use crate::container::spawn::Stack;
+use crate::container::prepared::Prepared;
 use crate::container::Settings;
 use crate::log::agent_log;
 use crate::reaper::Reaper;
@@ -93,8 +94,11 @@ fn run(config: &Config, started_at: u64) -> Result<(), Box<dyn std::error::Error
     // The request buffer and frames of the serve loop; one output chunk.
     prefault::stack(96 << 10);
     prefault::heap(bulkhead_protocol::MAX_DATA_CHUNK);
-    let refresher = if config.init {
-        Some(Refresher::open(std::path::Path::new("/dev/urandom"))?)
+    let guest = if config.init {
+        Some((
+            Refresher::open(std::path::Path::new("/dev/urandom"))?,
+            Prepared::make(config.cgroup_root.as_deref()),
+        ))
     } else {
         None
     };
@@ -107,8 +111,8 @@ fn run(config: &Config, started_at: u64) -> Result<(), Box<dyn std::error::Error
     };
     let mut server =
         Server::new(listener, reaper, settings, stack).with_boot_times(started_at, ready_at);
-    if let Some(r) = refresher {
-        server = server.for_guest_init(r);
+    if let Some((refresher, prepared)) = guest {
+        server = server.for_guest_init(refresher, prepared);
     }
     server.run();
     Ok(())

@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::container::spawn::Stack;
+use crate::container::prepared::Prepared;
 use crate::container::{Container, Settings};
 use crate::log::agent_log;
 use crate::reaper::Reaper;
@@ -39,6 +40,8 @@ pub struct Server {
     settings: Settings,
     /// The container init's stack, made once at start-up.
     stack: Stack,
+    /// The cgroup and network namespace made before the template snapshot.
+    prepared: Prepared,
     /// Applies Refresh; `None` on a host, whose RNG, clock and name are
     /// not the agent's to change (Refresh is then checked and answered).
     refresher: Option<Refresher>,
@@ -63,6 +66,7 @@ impl Server {
             reaper,
             settings,
             stack,
+            prepared: Prepared::none(),
             refresher: None,
             powers_off: false,
             next_id: 0,
@@ -72,8 +76,9 @@ impl Server {
 
     /// Runs as the guest's PID 1: Refresh is applied with `refresher`, and
     /// the VM powers off after Shutdown, so containers are not torn down.
-    pub fn for_guest_init(mut self, refresher: Refresher) -> Server {
+    pub fn for_guest_init(mut self, refresher: Refresher, prepared: Prepared) -> Server {
         self.refresher = Some(refresher);
+        self.prepared = prepared;
         self.powers_off = true;
         self
     }
@@ -420,7 +425,7 @@ impl Session {
                         old.destroy();
                     }
                     let id = server.container_id();
-                    match Container::create(&id, &spec, &server.settings) {
+                    match Container::create(&id, &spec, &server.settings, &mut server.prepared) {
                         Ok(c) => {
                             self.container = Some(c);
                             self.send(&AgentMessage::Created)?;

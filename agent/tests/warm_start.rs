@@ -78,10 +78,11 @@ fn every_step_is_reported_in_order() {
     if cgroups {
         expected.push("init:cgroup");
     }
+    // The network namespace is joined (or set up) before /sys is mounted.
     expected.extend([
+        "init:net",
         "init:mounts",
         "init:pivot",
-        "init:net",
         "init:creds",
         "exec",
         "report",

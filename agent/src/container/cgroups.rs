@@ -131,8 +131,25 @@ impl Cgroup {
             path: path.clone(),
             source,
         })?;
-        let cgroup = Cgroup { path };
-        for (file, value) in &settings {
+        Cgroup { path }.apply(&settings)
+    }
+
+    /// Takes over `path`, an empty cgroup made beforehand, and applies
+    /// `resources` to it.
+    pub fn adopt(path: PathBuf, resources: &Resources) -> Result<Cgroup, CgroupError> {
+        let settings = match cgroup_settings(resources) {
+            Ok(s) => s,
+            Err(e) => {
+                Cgroup { path }.remove();
+                return Err(e);
+            }
+        };
+        Cgroup { path }.apply(&settings)
+    }
+
+    fn apply(self, settings: &[(&'static str, String)]) -> Result<Cgroup, CgroupError> {
+        let cgroup = self;
+        for (file, value) in settings {
             if let Err(e) = write_file(&cgroup.path, file, value) {
                 cgroup.remove();
                 return Err(e);

@@ -17,7 +17,7 @@ use std::os::raw::{c_int, c_void};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{umask, Mode};
 use thiserror::Error;
@@ -184,6 +184,12 @@ fn setup_and_exec(l: &Launch, report: RawFd, marks: &mut Marks) -> Result<Infall
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(Step::CgroupNamespace))?;
         marks.mark("init:cgroup");
     }
+    // Before the mounts: /sys shows the network namespace it is mounted in.
+    match &l.netns {
+        Some(ns) => setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(at(Step::Loopback))?,
+        None => loopback_up().map_err(at(Step::Loopback))?,
+    }
+    marks.mark("init:net");
     make_private().map_err(at(Step::MakePrivate))?;
     apply_all_raw(&l.plan).map_err(|(i, e)| fail(Step::Mount, i, e))?;
     marks.mark("init:mounts");
@@ -192,8 +198,6 @@ fn setup_and_exec(l: &Launch, report: RawFd, marks: &mut Marks) -> Result<Infall
     if let Some(h) = &l.hostname {
         nix::unistd::sethostname(h).map_err(at(Step::Hostname))?;
     }
-    loopback_up().map_err(at(Step::Loopback))?;
-    marks.mark("init:net");
     let tty = if l.terminal {
         let slave = open_terminal(l, report)?;
         marks.mark("init:tty");
@@ -443,7 +447,7 @@ pub fn describe(failure: &Failure, l: &Launch) -> ChildError {
         },
         Step::Pivot => enter_error(&l.rootfs, index, errno).into(),
         Step::Hostname => sys("cannot set hostname", errno),
-        Step::Loopback => sys("cannot bring up the loopback interface", errno),
+        Step::Loopback => sys("cannot set up the network namespace", errno),
         Step::OpenPty => sys("cannot open /dev/ptmx", errno),
         Step::UnlockPty => sys("cannot unlock the pty", errno),
         Step::PtySlave => sys("cannot open the pty slave", errno),

@@ -32,6 +32,9 @@ pub struct Launch {
     /// The container cgroup's `cgroup.procs`, opened for writing: the init
     /// joins with one write.
     pub cgroup_procs: Option<File>,
+    /// A network namespace made beforehand (lo up) for the init to join;
+    /// without one the init gets a new namespace at clone.
+    pub netns: Option<OwnedFd>,
     pub hostname: Option<String>,
     pub terminal: bool,
     pub console_size: Option<TtySize>,
@@ -115,6 +118,7 @@ impl Launch {
         rootfs: PathBuf,
         plan: Vec<FsOp>,
         cgroup_procs: Option<&Path>,
+        netns: Option<OwnedFd>,
         stdio: Option<ChildStdio>,
     ) -> Result<Launch, ChildError> {
         let process = &spec.process;
@@ -152,6 +156,7 @@ impl Launch {
             plan,
             rootfs,
             cgroup_procs,
+            netns,
             hostname: spec.hostname.clone(),
             terminal: process.terminal,
             console_size: process.console_size,

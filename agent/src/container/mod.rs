@@ -18,6 +18,7 @@ pub mod disk;
 pub mod fsops;
 pub mod launch;
 pub mod namespaces;
+pub mod prepared;
 pub mod process;
 pub mod rootfs;
 pub mod spawn;
@@ -35,6 +36,7 @@ use thiserror::Error;
 
 use self::capabilities::{capability_sets, CapError};
 use self::cgroups::{Cgroup, CgroupError};
+use self::prepared::Prepared;
 use self::channel::Report;
 use self::child::{ChildArgs, ChildError, Marks};
 use self::fsops::{step_name, FsOpError};
@@ -124,6 +126,7 @@ impl Container {
         id: &str,
         spec: &ContainerSpec,
         settings: &Settings,
+        prepared: &mut Prepared,
     ) -> Result<Container, ContainerError> {
         let mut trace = Trace::start();
         spec.validate()?;
@@ -134,9 +137,10 @@ impl Container {
         let plan = rootfs::plan(&spec.storage, &layout, settings.cgroup_root.is_some())?;
         trace.mark("plan");
 
-        let cgroup = match &settings.cgroup_root {
-            Some(root) => Some(Cgroup::create(root, id, &spec.resources)?),
-            None => None,
+        let cgroup = match (&settings.cgroup_root, prepared.take_cgroup()) {
+            (Some(_), Some(spare)) => Some(Cgroup::adopt(spare, &spec.resources)?),
+            (Some(root), None) => Some(Cgroup::create(root, id, &spec.resources)?),
+            (None, _) => None,
         };
         if cgroup.is_some() {
             trace.mark("cgroup");
@@ -159,6 +163,7 @@ impl Container {
                 layout.rootfs(),
                 plan.container,
                 cgroup.as_ref().map(Cgroup::procs_file).as_deref(),
+                prepared.take_netns(),
                 child_stdio,
             )?;
             trace.mark("prepare");
@@ -221,7 +226,8 @@ impl Container {
         // SAFETY: `child::entry` only makes syscalls on data `launch`
         // prepared and writes `args.marks`: no allocation, no unwinding
         // (it ends in exec or _exit); the agent is single-threaded.
-        let spawned = unsafe { spawn(stack, clone_flags(), child::entry, &mut args) };
+        let flags = clone_flags(launch.netns.is_none());
+        let spawned = unsafe { spawn(stack, flags, child::entry, &mut args) };
         let resumed = Mark::now();
         let marks = args.marks;
         // Our copy of the init's end: the channel ends when the init's does.

@@ -6,15 +6,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 
-/// New pid, mount, uts, ipc and net namespaces at clone time. The cgroup
+/// New pid, mount, uts and ipc namespaces at clone time, and a new net
+/// namespace unless the init joins one made beforehand. The cgroup
 /// namespace comes later, from inside: it must be rooted at the
 /// container's cgroup, which the child joins first.
-pub fn clone_flags() -> CloneFlags {
-    CloneFlags::CLONE_NEWPID
+pub fn clone_flags(new_net: bool) -> CloneFlags {
+    let flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC;
+    if new_net {
+        flags | CloneFlags::CLONE_NEWNET
+    } else {
+        flags
+    }
 }
 
 /// Brings up `lo` in the (new, otherwise empty) network namespace, as
@@ -49,7 +54,8 @@ mod tests {
 
     #[test]
     fn flags_include_every_namespace_but_cgroup() {
-        let f = clone_flags();
+        assert!(!clone_flags(false).contains(CloneFlags::CLONE_NEWNET));
+        let f = clone_flags(true);
         for ns in [
             CloneFlags::CLONE_NEWPID,
             CloneFlags::CLONE_NEWNS,

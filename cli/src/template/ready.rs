@@ -82,7 +82,7 @@ mod tests {
         let fired = Cell::new(false);
         let mut w = ReadyWatcher::new(Vec::new(), "agent: ready", || fired.set(true));
         w.write_all(b"agent: rea").unwrap();
-        w.write_all(b"dy? no\n").unwrap();
+        w.write_all(b"d-y? no\nagent:ready\n").unwrap();
         assert!(!fired.get());
     }
 }
