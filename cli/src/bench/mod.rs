@@ -510,4 +510,24 @@ mod tests {
         assert!(line.starts_with(cmdline::DEFAULT_CMDLINE));
         assert_eq!(line.contains("noxsave"), pvm::host_is_pvm());
     }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::Parser;
+        let a = Cli::try_parse_from(["b"]).unwrap().bench;
+        assert!(!a.no_cold);
+        assert_eq!((a.runs, a.restores, a.concurrent), (5, 10, 0));
+        let a = Cli::try_parse_from(["b", "--no-cold", "--restores", "0", "--concurrent", "10"])
+            .unwrap()
+            .bench;
+        assert!(a.no_cold);
+        assert_eq!((a.restores, a.concurrent), (0, 10));
+        assert!(Cli::try_parse_from(["b", "--concurrent", "500"]).is_err());
+    }
 }

@@ -85,6 +85,7 @@ pub struct Restorer {
     exe: PathBuf,
     template: PathBuf,
     record: PathBuf,
+    vsock: PathBuf,
 }
 
 impl Restorer {
@@ -93,25 +94,32 @@ impl Restorer {
             exe: exe.to_path_buf(),
             template: template.to_path_buf(),
             record: scratch.join("restore.json"),
+            vsock: scratch.join("restore-vsock.sock"),
         }
     }
 
-    /// Restores the template once, without disks or vsock (the slots stay
-    /// empty: nothing in the guest runs long enough to miss them).
+    /// Restores the template once, without disks (the slots stay empty:
+    /// nothing in the guest runs long enough to miss them) but with the
+    /// vsock device a template always has.
     pub fn once(&self) -> anyhow::Result<RestoreTimes> {
         let _ = std::fs::remove_file(&self.record);
+        let _ = std::fs::remove_file(&self.vsock);
         let mut cmd = Command::new(&self.exe);
         cmd.arg("restore")
             .arg("--timings-json")
             .arg(&self.record)
             .arg("--stop-after-start")
+            .arg("--vsock-uds")
+            .arg(&self.vsock)
             .arg(&self.template)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let spawn_ns = monotonic_ns();
         let child = cmd.spawn().context("cannot start `bulkhead restore`")?;
-        let output = wait_with_timeout(child, TIMEOUT).context("`bulkhead restore`")?;
+        let output = wait_with_timeout(child, TIMEOUT).context("`bulkhead restore`");
+        let _ = std::fs::remove_file(&self.vsock);
+        let output = output?;
         if !output.status.success() {
             bail!(
                 "`bulkhead restore` failed ({}):\n{}",

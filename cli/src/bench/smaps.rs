@@ -176,7 +176,6 @@ pub fn rollup(pid: u32) -> Result<Rollup, SmapsError> {
     Ok(parse_rollup(&text))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
