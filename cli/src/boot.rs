@@ -10,6 +10,8 @@ use bulkhead_vmm::builder::RestoreConfig;
 use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB};
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
+use crate::bench::restore::RestoreRecord;
+use crate::run::record::monotonic_ns;
 use crate::template::ready::ReadyWatcher;
 use clap::{Args, ValueEnum};
 
@@ -72,6 +74,13 @@ pub struct RestoreArgs {
     /// The guest's vsock CID after restore.
     #[arg(long, default_value_t = 3)]
     vsock_cid: u32,
+    /// Write when the restore began and when the vCPUs were started, as
+    /// JSON (for `bulkhead bench`).
+    #[arg(long, hide = true, value_name = "FILE")]
+    timings_json: Option<PathBuf>,
+    /// End the VM as soon as its vCPUs run (for `bulkhead bench`).
+    #[arg(long, hide = true)]
+    stop_after_start: bool,
 }
 
 /// The VMM's stdout as an unbuffered writer, so console bytes appear as
@@ -174,7 +183,22 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             uds_path,
         }),
     };
+    let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;
+    let restored_ns = monotonic_ns();
+    if args.stop_after_start {
+        // Seen by the event loop once `run` has started the vCPUs.
+        vmm.stop_handle().stop();
+    }
+    let vcpus_started_ns = monotonic_ns();
     vmm.run().context("the VM failed")?;
+    if let Some(path) = &args.timings_json {
+        let record = RestoreRecord {
+            begin_ns,
+            restored_ns,
+            vcpus_started_ns,
+        };
+        record.write(path)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

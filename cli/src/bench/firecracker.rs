@@ -1,6 +1,7 @@
 //! The VMM baseline: Firecracker booting the same kernel and agent
 //! initramfs until the agent's ready marker appears on its serial console.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,6 +58,11 @@ pub fn config(spec: &BootSpec, vsock_uds: &Path) -> serde_json::Value {
     })
 }
 
+/// Where the guest's vsock device listens (a snapshot keeps the path).
+pub fn vsock_socket(dir: &Path) -> PathBuf {
+    dir.join("fc-vsock.sock")
+}
+
 /// One boot, from process start to the ready marker.
 #[derive(Debug)]
 pub struct Boot {
@@ -65,7 +71,7 @@ pub struct Boot {
 }
 
 /// Kills Firecracker however the measurement ends.
-struct Vm(Child);
+pub(super) struct Vm(pub Child);
 
 impl Drop for Vm {
     fn drop(&mut self) {
@@ -74,8 +80,24 @@ impl Drop for Vm {
     }
 }
 
-pub fn boot_once(fc: &Path, spec: &BootSpec, dir: &Path) -> anyhow::Result<Boot> {
-    let uds = dir.join("fc-vsock.sock");
+/// A booting Firecracker whose console is watched for the ready marker.
+pub(super) struct Booting {
+    pub vm: Vm,
+    pub spawn_ns: u64,
+    ready: mpsc::Receiver<u64>,
+    reader: std::thread::JoinHandle<Vec<String>>,
+    log_path: PathBuf,
+}
+
+/// Starts Firecracker on `spec` (written as its config file) with
+/// `args` before `--config-file`.
+pub(super) fn start(
+    fc: &Path,
+    args: &[&OsStr],
+    spec: &BootSpec,
+    dir: &Path,
+) -> anyhow::Result<Booting> {
+    let uds = vsock_socket(dir);
     let _ = std::fs::remove_file(&uds);
     let cfg_path = dir.join("fc-config.json");
     std::fs::write(&cfg_path, config(spec, &uds).to_string())
@@ -85,7 +107,8 @@ pub fn boot_once(fc: &Path, spec: &BootSpec, dir: &Path) -> anyhow::Result<Boot>
         .with_context(|| format!("cannot create {}", log_path.display()))?;
 
     let mut cmd = Command::new(fc);
-    cmd.args(["--no-api", "--no-seccomp", "--config-file"])
+    cmd.args(args)
+        .arg("--config-file")
         .arg(&cfg_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -96,9 +119,10 @@ pub fn boot_once(fc: &Path, spec: &BootSpec, dir: &Path) -> anyhow::Result<Boot>
         .with_context(|| format!("cannot start {}", fc.display()))?);
     let console = vm.0.stdout.take().context("no console pipe")?;
 
-    // The console is read on a thread so the wait below can time out; the
-    // thread keeps draining so Firecracker never blocks on a full pipe.
-    let (tx, rx) = mpsc::channel();
+    // The console is read on a thread so the wait for the marker can time
+    // out; the thread keeps draining so Firecracker never blocks on a full
+    // pipe.
+    let (tx, ready) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
         let mut sent = false;
@@ -117,28 +141,56 @@ pub fn boot_once(fc: &Path, spec: &BootSpec, dir: &Path) -> anyhow::Result<Boot>
         }
         lines
     });
-    let ready_ns = rx.recv_timeout(READY_TIMEOUT);
-    let memory = ready_ns
-        .as_ref()
-        .ok()
-        .and_then(|_| smaps::sample_vmm(Some(vm.0.id()), spec.mem_mib).ok());
-    drop(vm);
-    let console_lines = reader.join().unwrap_or_default();
-    match ready_ns {
-        Ok(at) => Ok(Boot {
-            boot_to_agent_ms: (at - spawn_ns) as f64 / 1e6,
-            memory,
-        }),
-        Err(_) => {
-            let stderr = std::fs::read(&log_path).unwrap_or_default();
-            let n = console_lines.len();
-            bail!(
-                "Firecracker never printed {READY_MARKER:?}\nconsole (last lines):\n{}\nstderr:\n{}",
-                console_lines[n.saturating_sub(15)..].join("\n"),
-                tail(&stderr, 10)
-            )
+    Ok(Booting {
+        vm,
+        spawn_ns,
+        ready,
+        reader,
+        log_path,
+    })
+}
+
+impl Booting {
+    /// When the agent's ready marker appeared, or why it never did (the
+    /// VM is ended then, and its console and stderr quoted).
+    pub fn wait_ready(self) -> Result<(Booting, u64), anyhow::Error> {
+        match self.ready.recv_timeout(READY_TIMEOUT) {
+            Ok(at) => Ok((self, at)),
+            Err(_) => Err(self.failure(&format!("Firecracker never printed {READY_MARKER:?}"))),
         }
     }
+
+    /// Ends the VM; `what` went wrong, explained by its console and stderr.
+    pub fn failure(self, what: &str) -> anyhow::Error {
+        let log_path = self.log_path.clone();
+        let console_lines = self.finish();
+        let stderr = std::fs::read(&log_path).unwrap_or_default();
+        let n = console_lines.len();
+        anyhow::anyhow!(
+            "{what}\nconsole (last lines):\n{}\nstderr:\n{}",
+            console_lines[n.saturating_sub(15)..].join("\n"),
+            tail(&stderr, 10)
+        )
+    }
+
+    /// Ends the VM; returns the console lines it printed.
+    pub fn finish(self) -> Vec<String> {
+        drop(self.vm);
+        self.reader.join().unwrap_or_default()
+    }
+}
+
+pub fn boot_once(fc: &Path, spec: &BootSpec, dir: &Path) -> anyhow::Result<Boot> {
+    let args = ["--no-api", "--no-seccomp"].map(OsStr::new);
+    let booting = start(fc, &args, spec, dir)?;
+    let (booting, ready_ns) = booting.wait_ready()?;
+    let memory = smaps::sample_vmm(Some(booting.vm.0.id()), spec.mem_mib).ok();
+    let spawn_ns = booting.spawn_ns;
+    booting.finish();
+    Ok(Boot {
+        boot_to_agent_ms: (ready_ns - spawn_ns) as f64 / 1e6,
+        memory,
+    })
 }
 
 #[cfg(test)]

@@ -22,8 +22,21 @@ pub const PHASES: [&str; 6] = [
     "container run",
     "vm teardown",
 ];
+/// The phases of a warm run (a restored template), in order; they add up
+/// to the total. The agent's boot milestones belong to the template's boot
+/// long ago, so these come from host instants only.
+pub const WARM_PHASES: [&str; 6] = [
+    "host setup",
+    "vm restore",
+    "agent connect",
+    "container start",
+    "container run",
+    "vm teardown",
+];
 pub const TOTAL: &str = "total";
 pub const BOOT_TO_AGENT: &str = "boot to agent ready";
+/// Process start to a connected agent: what warm and cold runs share.
+pub const TO_AGENT_CONNECTED: &str = "start to agent connected";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PhaseError {
@@ -47,6 +60,16 @@ pub struct ColdRun {
     pub boot_to_agent_ms: f64,
     /// How long after the first KVM_RUN the guest clock read zero.
     pub guest_clock_origin_ms: f64,
+}
+
+/// Where a warm run's time went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmRun {
+    /// `(phase, ms)` for each of [`WARM_PHASES`].
+    pub phases: Vec<(&'static str, f64)>,
+    pub total_ms: f64,
+    /// Process start to a connected agent.
+    pub agent_connected_ms: f64,
 }
 
 /// Host CLOCK_MONOTONIC ns of guest time `guest_ns`, anchored by the
@@ -116,6 +139,45 @@ pub fn cold_run(spawn_ns: u64, exit_ns: u64, rec: &RunRecord) -> Result<ColdRun,
     })
 }
 
+/// The phases of a restored run spawned at `spawn_ns`, reaped at `exit_ns`.
+pub fn warm_run(spawn_ns: u64, exit_ns: u64, rec: &RunRecord) -> Result<WarmRun, PhaseError> {
+    let get = |name: &'static str| rec.mark(name).ok_or(PhaseError::Missing(name));
+    let vcpus = rec
+        .first_kvm_run_ns
+        .ok_or(PhaseError::Missing("first KVM_RUN"))?;
+    let connected = get(mark::AGENT_CONNECTED)?;
+    let points = [
+        spawn_ns,
+        get(mark::DISKS)?,
+        vcpus,
+        connected,
+        get(mark::CONTAINER_STARTED)?,
+        get(mark::EXITED)?,
+        exit_ns,
+    ];
+    if points.windows(2).any(|w| w[0] > w[1]) {
+        return Err(PhaseError::OutOfOrder(
+            "spawn, disks, vcpus started, agent connected, started, exited, reaped",
+        ));
+    }
+    let ms = |from: u64, to: u64| (to - from) as f64 / 1e6;
+    Ok(WarmRun {
+        phases: WARM_PHASES
+            .iter()
+            .zip(points.windows(2))
+            .map(|(name, w)| (*name, ms(w[0], w[1])))
+            .collect(),
+        total_ms: ms(spawn_ns, exit_ns),
+        agent_connected_ms: ms(spawn_ns, connected),
+    })
+}
+
+/// Process start to a connected agent, for any run that got that far.
+pub fn agent_connected_ms(spawn_ns: u64, rec: &RunRecord) -> Option<f64> {
+    let at = rec.mark(mark::AGENT_CONNECTED)?;
+    Some(at.checked_sub(spawn_ns)? as f64 / 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +207,8 @@ mod tests {
             // The reply took 1 ms to reach the host.
             started_reply_ns: Some(guest_zero + 3_000 * MS + MS),
             memory: None,
+            boot: None,
+            template_built: false,
         }
     }
 
@@ -237,5 +301,61 @@ mod tests {
             cold_run(spawn(), spawn() + 4_000 * MS, &rec),
             Err(PhaseError::OutOfOrder("agent milestones"))
         );
+    }
+
+    /// A restored run: spawned at 1000 s, vCPUs 20 ms in, the agent's
+    /// (template-era) milestones seconds before that.
+    fn warm_record() -> RunRecord {
+        let t0 = 1_000_000 * MS;
+        RunRecord {
+            start_ns: t0 + 2 * MS,
+            marks: vec![
+                (mark::IMAGE.into(), t0 + 5 * MS),
+                (mark::DISKS.into(), t0 + 10 * MS),
+                (mark::VM_BUILD.into(), t0 + 30 * MS),
+                (mark::AGENT_CONNECTED.into(), t0 + 50 * MS),
+                (mark::CONTAINER_STARTED.into(), t0 + 2_050 * MS),
+                (mark::EXITED.into(), t0 + 2_150 * MS),
+                (mark::VM_GONE.into(), t0 + 2_160 * MS),
+            ],
+            first_kvm_run_ns: Some(t0 + 30 * MS),
+            guest: Some(GuestTimes {
+                agent_start_ns: 1_000 * MS,
+                agent_ready_ns: 2_000 * MS,
+                started_ns: 90_000 * MS,
+            }),
+            started_reply_ns: Some(t0 + 2_050 * MS),
+            memory: None,
+            boot: Some(crate::run::record::BootKind::Warm),
+            template_built: false,
+        }
+    }
+
+    #[test]
+    fn warm_phases_add_up_to_the_total() {
+        let run = warm_run(spawn(), spawn() + 2_200 * MS, &warm_record()).unwrap();
+        let names: Vec<_> = run.phases.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, WARM_PHASES);
+        let values: Vec<_> = run.phases.iter().map(|(_, v)| *v).collect();
+        assert_eq!(values, [10.0, 20.0, 20.0, 2_000.0, 100.0, 50.0]);
+        assert_eq!(run.total_ms, 2_200.0);
+        assert_eq!(run.agent_connected_ms, 50.0);
+        assert_eq!(agent_connected_ms(spawn(), &warm_record()), Some(50.0));
+        assert_eq!(agent_connected_ms(spawn() + 60 * MS, &warm_record()), None);
+    }
+
+    #[test]
+    fn warm_runs_need_host_marks_in_order() {
+        let mut rec = warm_record();
+        rec.marks.retain(|(n, _)| n != mark::AGENT_CONNECTED);
+        assert_eq!(
+            warm_run(spawn(), spawn() + 2_200 * MS, &rec),
+            Err(PhaseError::Missing(mark::AGENT_CONNECTED))
+        );
+        // Reaped before it exited.
+        assert!(matches!(
+            warm_run(spawn(), spawn() + 2_000 * MS, &warm_record()),
+            Err(PhaseError::OutOfOrder(_))
+        ));
     }
 }

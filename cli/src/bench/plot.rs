@@ -6,7 +6,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::phases::{BOOT_TO_AGENT, PHASES, TOTAL};
+use super::phases::{BOOT_TO_AGENT, PHASES, TOTAL, WARM_PHASES};
+use super::report::FC_RESTORE;
+use super::restore;
 use super::results::{median_of, Row, System};
 use super::workload::WORKLOADS;
 
@@ -40,18 +42,21 @@ impl Bar {
 /// container runtimes as one run each, Firecracker as its boot.
 pub fn bars(rows: &[Row]) -> Vec<Bar> {
     let mut bars = Vec::new();
-    for w in WORKLOADS {
-        let segments: Option<Vec<(String, f64)>> = PHASES
-            .iter()
-            .map(|p| {
-                median_of(rows, System::BulkheadCold, &w.metric(p)).map(|v| (p.to_string(), v))
-            })
-            .collect();
-        if let Some(segments) = segments {
-            bars.push(Bar {
-                label: format!("bulkhead-cold: {}", w.name),
-                segments,
-            });
+    for (system, phases) in [
+        (System::BulkheadWarm, &WARM_PHASES),
+        (System::BulkheadCold, &PHASES),
+    ] {
+        for w in WORKLOADS {
+            let segments: Option<Vec<(String, f64)>> = phases
+                .iter()
+                .map(|p| median_of(rows, system, &w.metric(p)).map(|v| (p.to_string(), v)))
+                .collect();
+            if let Some(segments) = segments {
+                bars.push(Bar {
+                    label: format!("{}: {}", system.name(), w.name),
+                    segments,
+                });
+            }
         }
     }
     for system in [System::Crun, System::Runc] {
@@ -69,6 +74,27 @@ pub fn bars(rows: &[Row]) -> Vec<Bar> {
             label: "firecracker: boot".into(),
             segments: vec![("boot to agent ready (firecracker)".into(), v)],
         });
+    }
+    // Restores: milliseconds next to boots of seconds, but the pair is
+    // what the anchor is for.
+    for (system, metric, label) in [
+        (
+            System::BulkheadWarm,
+            restore::TOTAL,
+            "bulkhead-warm: restore alone",
+        ),
+        (
+            System::Firecracker,
+            FC_RESTORE,
+            "firecracker: snapshot restore",
+        ),
+    ] {
+        if let Some(v) = median_of(rows, system, metric) {
+            bars.push(Bar {
+                label: label.into(),
+                segments: vec![("restore".into(), v)],
+            });
+        }
     }
     bars
 }
@@ -221,9 +247,14 @@ mod tests {
                     100.0 * (i + 1) as f64,
                 );
             }
+            for p in WARM_PHASES {
+                r.record(System::BulkheadWarm, &w.metric(p), Unit::Ms, 10.0);
+            }
             r.record(System::Runc, &w.metric(TOTAL), Unit::Ms, 25.0);
         }
         r.record(System::Firecracker, BOOT_TO_AGENT, Unit::Ms, 900.0);
+        r.record(System::BulkheadWarm, restore::TOTAL, Unit::Ms, 9.0);
+        r.record(System::Firecracker, FC_RESTORE, Unit::Ms, 7.0);
         r.record(System::Firecracker, "vmm overhead (PSS)", Unit::MiB, 5.0);
         r.rows()
     }
@@ -235,17 +266,24 @@ mod tests {
         assert_eq!(
             labels,
             [
+                "bulkhead-warm: true",
+                "bulkhead-warm: echo",
                 "bulkhead-cold: true",
                 "bulkhead-cold: echo",
                 "runc: true",
                 "runc: echo",
-                "firecracker: boot"
+                "firecracker: boot",
+                "bulkhead-warm: restore alone",
+                "firecracker: snapshot restore",
             ]
         );
-        assert_eq!(bars[0].segments.len(), PHASES.len());
-        assert_eq!(bars[0].total(), 2100.0);
+        assert_eq!(bars[0].segments.len(), WARM_PHASES.len());
+        assert_eq!(bars[0].total(), 60.0);
+        assert_eq!(bars[2].segments.len(), PHASES.len());
+        assert_eq!(bars[2].total(), 2100.0);
+        assert_eq!(bars[8].segments, vec![("restore".into(), 7.0)]);
         assert_eq!(
-            bars[2].segments,
+            bars[4].segments,
             vec![("container run (runtime)".into(), 25.0)]
         );
     }
@@ -272,7 +310,7 @@ mod tests {
         }
         // One filled rectangle per segment, at least.
         let rects = doc.descendants().filter(|n| n.has_tag_name("rect")).count();
-        assert!(rects >= 2 * PHASES.len() + 3);
+        assert!(rects >= 2 * PHASES.len() + 2 * WARM_PHASES.len() + 5);
     }
 
     #[test]

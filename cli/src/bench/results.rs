@@ -8,6 +8,8 @@ use super::stats::{summarize, Summary};
 /// What was measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum System {
+    #[serde(rename = "bulkhead-warm")]
+    BulkheadWarm,
     #[serde(rename = "bulkhead-cold")]
     BulkheadCold,
     #[serde(rename = "crun")]
@@ -21,6 +23,7 @@ pub enum System {
 impl System {
     pub fn name(self) -> &'static str {
         match self {
+            System::BulkheadWarm => "bulkhead-warm",
             System::BulkheadCold => "bulkhead-cold",
             System::Crun => "crun",
             System::Runc => "runc",
@@ -232,8 +235,14 @@ mod tests {
                 keys,
                 ["max", "median", "metric", "min", "runs", "system", "unit"]
             );
-            assert!(["bulkhead-cold", "crun", "runc", "firecracker"]
-                .contains(&r["system"].as_str().unwrap()));
+            assert!([
+                "bulkhead-warm",
+                "bulkhead-cold",
+                "crun",
+                "runc",
+                "firecracker"
+            ]
+            .contains(&r["system"].as_str().unwrap()));
             assert!(["ms", "MiB"].contains(&r["unit"].as_str().unwrap()));
             assert!(r["runs"].is_u64());
             for k in ["min", "median", "max"] {
@@ -251,6 +260,7 @@ mod tests {
     #[test]
     fn every_system_serializes_to_its_name() {
         for s in [
+            System::BulkheadWarm,
             System::BulkheadCold,
             System::Crun,
             System::Runc,

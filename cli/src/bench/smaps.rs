@@ -20,6 +20,8 @@ pub enum SmapsError {
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Mapping {
     writable: bool,
+    /// Copy-on-write (`p`) rather than shared (`s`).
+    private: bool,
     path: String,
     size: u64,
     rss: u64,
@@ -37,6 +39,7 @@ fn parse_header(line: &str) -> Option<Mapping> {
     let path = fields.nth(3).unwrap_or("").to_string();
     Some(Mapping {
         writable: perms.as_bytes().get(1) == Some(&b'w'),
+        private: perms.as_bytes().get(3) == Some(&b'p'),
         path,
         ..Default::default()
     })
@@ -74,11 +77,20 @@ fn parse_mappings(text: &str) -> Vec<Mapping> {
 /// guest memory, a negligible error.
 const MERGE_SLACK_KIB: u64 = 16 << 10;
 
-/// Which region a mapping holds, if it is guest RAM: writable, anonymous
-/// (or memfd), and the region's size give or take merged neighbours.
+/// Whether a mapping's backing can be guest RAM: anonymous, a memfd, or
+/// (a restored VM) the snapshot's memory file mapped copy-on-write.
+fn guest_backing(m: &Mapping) -> bool {
+    let snapshot_file = format!("/{}", bulkhead_vmm::snapshot::MEMORY_FILE);
+    m.path.is_empty()
+        || m.path.starts_with("/memfd:")
+        || (m.private && m.path.ends_with(&snapshot_file))
+}
+
+/// Which region a mapping holds, if it is guest RAM: writable, of a guest
+/// backing, and the region's size give or take merged neighbours.
 /// Nothing else in a VMM is that large and that shape.
 fn guest_region(m: &Mapping, region_kib: &[u64]) -> Option<usize> {
-    if !m.writable || !(m.path.is_empty() || m.path.starts_with("/memfd:")) {
+    if !m.writable || !guest_backing(m) {
         return None;
     }
     region_kib
@@ -131,16 +143,37 @@ pub fn sample_vmm(pid: Option<u32>, mem_mib: u64) -> Result<MemorySample, SmapsE
     parse(&text, &guest_regions_kib(mem_mib))
 }
 
-/// The PSS of process `pid` in KiB, from the cheaper smaps_rollup.
-pub fn pss_kib(pid: u32) -> Result<u64, SmapsError> {
+/// A whole process's memory from smaps_rollup, in KiB.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rollup {
+    pub rss: u64,
+    pub pss: u64,
+    /// Private_Clean + Private_Dirty: pages no other process maps. For a
+    /// restored VM the snapshot's pages it only read are shared with the
+    /// page cache (and other clones), so this is what the VM costs alone.
+    pub private: u64,
+}
+
+/// The totals of an smaps_rollup text (absent fields count as 0).
+pub fn parse_rollup(text: &str) -> Rollup {
+    let mut r = Rollup::default();
+    for (name, value) in text.lines().filter_map(parse_field) {
+        match name {
+            "Rss" => r.rss = value,
+            "Pss" => r.pss = value,
+            "Private_Clean" | "Private_Dirty" => r.private += value,
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Process `pid`'s totals, from the cheaper smaps_rollup.
+pub fn rollup(pid: u32) -> Result<Rollup, SmapsError> {
     let path = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
     let text =
         std::fs::read_to_string(&path).map_err(|source| SmapsError::Read { path, source })?;
-    Ok(text
-        .lines()
-        .filter_map(parse_field)
-        .find(|(name, _)| *name == "Pss")
-        .map_or(0, |(_, v)| v))
+    Ok(parse_rollup(&text))
 }
 
 #[cfg(test)]
@@ -222,6 +255,52 @@ Pss:                 512 kB
     }
 
     #[test]
+    fn a_restored_guest_maps_its_snapshot_file_privately() {
+        let text = "\
+7f0000000000-7f0008000000 rw-p 00000000 fd:01 99    /tmp/t/templates/c1220af3f57e3f43/memory
+Size:             131072 kB
+Rss:                9000 kB
+Pss:                3000 kB
+7f1000000000-7f1008000000 rw-s 00000000 fd:01 98    /tmp/other/memory
+Size:             131072 kB
+Rss:                 100 kB
+Pss:                 100 kB
+7f2000000000-7f2008000000 rw-p 00000000 fd:01 97    /tmp/t/notes
+Size:             131072 kB
+Rss:                 100 kB
+Pss:                 100 kB
+";
+        let s = parse(text, &[131072]).unwrap();
+        assert_eq!(s.guest_rss_kib, 9000);
+        // A shared mapping or another file is never guest RAM.
+        let others: String = text.lines().skip(4).map(|l| format!("{l}\n")).collect();
+        assert!(parse(&others, &[131072]).is_err());
+    }
+
+    #[test]
+    fn rollup_sums_private_pages() {
+        let text = "\
+55d0c0a00000-7ffd5c9f6000 ---p 00000000 00:00 0                          [rollup]
+Rss:               20480 kB
+Pss:               12000 kB
+Pss_Anon:           4000 kB
+Shared_Clean:      12000 kB
+Private_Clean:      1024 kB
+Private_Dirty:      7000 kB
+Referenced:        20000 kB
+";
+        assert_eq!(
+            parse_rollup(text),
+            Rollup {
+                rss: 20480,
+                pss: 12000,
+                private: 8024
+            }
+        );
+        assert_eq!(parse_rollup("garbage\n"), Rollup::default());
+    }
+
+    #[test]
     fn regions_follow_the_vmm_layout() {
         assert_eq!(guest_regions_kib(128), vec![128 * 1024]);
         let big = guest_regions_kib(4096);
@@ -234,7 +313,9 @@ Pss:                 512 kB
         // Our process has no guest: the rollup works, the full sample says
         // what is missing.
         let me = std::process::id();
-        assert!(pss_kib(me).unwrap() > 0);
+        let r = rollup(me).unwrap();
+        assert!(r.pss > 0);
+        assert!(r.private > 0 && r.private <= r.rss);
         assert!(matches!(
             sample_vmm(None, 128),
             Err(SmapsError::NoGuestMapping(_))

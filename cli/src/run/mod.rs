@@ -126,6 +126,8 @@ impl Timings {
             guest: guest.map(|(g, _)| g),
             started_reply_ns: guest.map(|(_, at)| record::instant_ns(at)),
             memory,
+            boot: None,
+            template_built: false,
         }
     }
 
@@ -398,7 +400,11 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         report_steps(&steps);
     }
     if let Some(path) = &args.timings_json {
-        let record = timings.record(run_started, guest_times, memory);
+        let mut record = timings.record(run_started, guest_times, memory);
+        (record.boot, record.template_built) = match &boot {
+            Boot::Warm { built, .. } => (Some(record::BootKind::Warm), *built),
+            Boot::Cold => (Some(record::BootKind::Cold), false),
+        };
         if let Err(e) = record.write(path) {
             eprintln!("bulkhead: {e:#}");
         }

@@ -63,6 +63,24 @@ pub struct RunRecord {
     /// `guest.started_ns`: the anchor from the guest clock to ours.
     pub started_reply_ns: Option<u64>,
     pub memory: Option<MemorySample>,
+    /// Whether the VM was restored from a template or booted; absent in
+    /// records of binaries from before warm start.
+    #[serde(default)]
+    pub boot: Option<BootKind>,
+    /// The run had to make its template first (so its times include a
+    /// boot), rather than finding one.
+    #[serde(default)]
+    pub template_built: bool,
+}
+
+/// How a run's VM came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootKind {
+    /// Restored from a template.
+    Warm,
+    /// Booted the guest kernel.
+    Cold,
 }
 
 impl RunRecord {
@@ -146,6 +164,8 @@ mod tests {
                 guest_rss_kib: 60,
                 guest_size_kib: 131072,
             }),
+            boot: Some(BootKind::Warm),
+            template_built: true,
         };
         record.write(&path).unwrap();
         let back = RunRecord::read(&path).unwrap();
@@ -154,6 +174,17 @@ mod tests {
         assert_eq!(back.mark(mark::DISKS), None);
         assert_eq!(back.memory.unwrap().overhead_rss_kib(), 40);
         assert_eq!(back.memory.unwrap().overhead_pss_kib(), 30);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(json["boot"], "warm");
+    }
+
+    #[test]
+    fn older_records_have_no_boot_kind() {
+        let old = r#"{"start_ns":1,"marks":[],"first_kvm_run_ns":null,"guest":null,
+            "started_reply_ns":null,"memory":null}"#;
+        let r: RunRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.boot, r.template_built), (None, false));
     }
 
     #[test]
