@@ -21,8 +21,8 @@ mod transport;
 use std::process::ExitCode;
 
 use crate::config::{Config, ConfigError, USAGE};
-use crate::container::spawn::Stack;
 use crate::container::prepared::Prepared;
+use crate::container::spawn::Stack;
 use crate::container::Settings;
 use crate::log::agent_log;
 use crate::reaper::Reaper;

@@ -13,8 +13,8 @@ use bulkhead_protocol::{
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::container::spawn::Stack;
 use crate::container::prepared::Prepared;
+use crate::container::spawn::Stack;
 use crate::container::{Container, Settings};
 use crate::log::agent_log;
 use crate::reaper::Reaper;

@@ -36,12 +36,12 @@ use thiserror::Error;
 
 use self::capabilities::{capability_sets, CapError};
 use self::cgroups::{Cgroup, CgroupError};
-use self::prepared::Prepared;
 use self::channel::Report;
 use self::child::{ChildArgs, ChildError, Marks};
 use self::fsops::{step_name, FsOpError};
 use self::launch::Launch;
 use self::namespaces::clone_flags;
+use self::prepared::Prepared;
 use self::rootfs::{Layout, PlanError};
 use self::spawn::{spawn, Stack};
 use crate::reaper::wait_for;
