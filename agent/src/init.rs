@@ -112,7 +112,22 @@ pub fn setup() -> Result<(), InitError> {
         }
     }
     enable_controllers(Path::new("/sys/fs/cgroup"));
+    enable_huge_pages_on_request();
     Ok(())
+}
+
+/// The kernel turns transparent huge pages off in guests under 512 MiB.
+/// Measured on PVM hosts (4 MiB of anonymous memory): a program touching
+/// all of it runs 4.8x faster with huge pages, one touching a page every
+/// 256 KiB 7.8x slower; container starts are the sparse kind. So huge
+/// pages only for memory a program asks for with madvise(MADV_HUGEPAGE).
+fn enable_huge_pages_on_request() {
+    let knob = "/sys/kernel/mm/transparent_hugepage/enabled";
+    if let Err(e) = std::fs::write(knob, "madvise") {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            agent_log!("cannot set {knob} to madvise: {e}");
+        }
+    }
 }
 
 /// The initramfs root is the namespace's root mount, which `pivot_root`

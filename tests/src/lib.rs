@@ -318,6 +318,16 @@ impl Root {
             .expect("run bulkhead")
     }
 
+    /// Checks that `run` left no per-run state behind and did not panic.
+    pub fn assert_clean(&self, run: &Run) {
+        assert!(
+            self.leftover_runs().is_empty(),
+            "run state left behind: {:?}\n{run:?}",
+            self.leftover_runs()
+        );
+        assert!(!run.stderr.contains("panicked"), "{run:?}");
+    }
+
     /// Per-run state bulkhead left behind (must be none after a run).
     pub fn leftover_runs(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.path().join("run")) {

@@ -7,17 +7,8 @@
 use std::time::Duration;
 
 use bulkhead_tests::oci::{busybox_layer, dir, file, whiteout, write_layout};
-use bulkhead_tests::{tempdir, Root, Run};
+use bulkhead_tests::{tempdir, Root};
 use serde_json::json;
-
-fn assert_clean(root: &Root, run: &Run) {
-    assert!(
-        root.leftover_runs().is_empty(),
-        "run state left behind: {:?}\n{run:?}",
-        root.leftover_runs()
-    );
-    assert!(!run.stderr.contains("panicked"), "{run:?}");
-}
 
 #[test]
 fn busybox_process_options_limits_and_exit_code() {
@@ -74,7 +65,7 @@ fn busybox_process_options_limits_and_exit_code() {
         assert!(out.contains(want), "missing {want:?}: {run:?}");
     }
     assert!(run.stderr.contains("oops"), "{run:?}");
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]
@@ -142,7 +133,7 @@ fn oci_image_config_defaults_overrides_and_whiteouts() {
     ]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stdout.trim_end(), "over ridden", "{run:?}");
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]
@@ -175,7 +166,7 @@ fn named_volume_persists_across_runs() {
     let rm = root.bulkhead(&["volume", "rm", "data"]);
     assert_eq!(rm.code, Some(0), "{rm:?}");
     assert!(!root.bulkhead(&["volume", "ls"]).stdout.contains("data"));
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]
@@ -200,7 +191,7 @@ fn stdin_is_piped_with_dash_i() {
         run.stdout.len(),
         want.len()
     );
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]
@@ -254,7 +245,7 @@ fn command_not_found_is_127_and_not_executable_is_126() {
     let run = root.bulkhead(&["run", "busybox", "/no/such/command"]);
     assert_eq!(run.code, Some(127), "{run:?}");
     assert!(run.stderr.contains("/no/such/command"), "{run:?}");
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]
@@ -274,7 +265,7 @@ fn oom_kill_is_137_with_a_message() {
     ]);
     assert_eq!(run.code, Some(137), "{run:?}");
     assert!(run.stderr.contains("out of memory"), "{run:?}");
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]

@@ -9,15 +9,6 @@ use bulkhead_tests::oci::{busybox_layer, file, write_layout};
 use bulkhead_tests::{restored_template, tempdir, Root, Run};
 use serde_json::json;
 
-fn assert_clean(root: &Root, run: &Run) {
-    assert!(
-        root.leftover_runs().is_empty(),
-        "run state left behind: {:?}\n{run:?}",
-        root.leftover_runs()
-    );
-    assert!(!run.stderr.contains("panicked"), "{run:?}");
-}
-
 /// `NAME=value` lines of a run's output.
 fn field<'a>(run: &'a Run, name: &str) -> &'a str {
     let prefix = format!("{name}=");
@@ -116,7 +107,7 @@ fn a_volume_and_another_image_use_the_same_template() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stdout, "from layout\nkept\n", "{run:?}");
     assert_eq!(restored_template(&run), Some(first), "{run:?}");
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]
@@ -153,7 +144,7 @@ fn a_corrupt_template_is_rebuilt_with_a_message_and_templates_can_be_managed() {
     let rm = root.bulkhead(&["template", "rm", "nosuchkey"]);
     assert_eq!(rm.code, Some(1), "{rm:?}");
     assert_eq!(rm.stderr.lines().count(), 1, "{rm:?}");
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }
 
 #[test]
@@ -164,5 +155,5 @@ fn cold_runs_still_boot() {
     assert_eq!(run.stdout, "cold\n", "{run:?}");
     assert_eq!(restored_template(&run), None, "{run:?}");
     assert!(run.stderr.contains("cold start"), "{run:?}");
-    assert_clean(&root, &run);
+    root.assert_clean(&run);
 }

@@ -54,8 +54,8 @@ pub struct TemplateMeta {
 }
 
 /// A file's identity without reading it: path, size, modification time.
-/// The kernel sits in a directory named by its build hash and the
-/// initramfs is named by the agent's digest, so this is enough.
+/// The kernel sits in a directory named by its build hash, so this is
+/// enough for it.
 fn file_identity(path: &Path) -> anyhow::Result<String> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -66,6 +66,15 @@ fn file_identity(path: &Path) -> anyhow::Result<String> {
         .map_or(0, |d| d.as_nanos());
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     Ok(format!("{}:{}:{}", real.display(), meta.len(), mtime))
+}
+
+/// The initramfs is named by the agent's digest, wherever a state root
+/// keeps its copy: its name and size identify it across roots.
+fn content_named_identity(path: &Path) -> anyhow::Result<String> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    Ok(format!("{name}:{}", meta.len()))
 }
 
 /// The bulkhead binary that runs now, with the snapshot format it writes.
@@ -88,7 +97,7 @@ impl TemplateSpec {
         let text = format!(
             "kernel {}\ninitramfs {}\nvcpus {}\nmem {}\nslots {DISK_SLOTS}\npvm {}\nvmm {}\n",
             file_identity(&self.kernel)?,
-            file_identity(&self.initramfs)?,
+            content_named_identity(&self.initramfs)?,
             self.vcpus,
             self.mem_mib,
             bulkhead_vmm::boot::pvm::PvmCompat::Auto.enabled(),
@@ -240,4 +249,38 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, initramfs: &Path) -> TemplateSpec {
+        TemplateSpec {
+            kernel: dir.join("vmlinux"),
+            initramfs: initramfs.to_path_buf(),
+            vcpus: 1,
+            mem_mib: 128,
+        }
+    }
+
+    /// Every state root keeps its own copy of the agent initramfs: copies
+    /// of one agent must name one template, another agent another.
+    #[test]
+    fn key_follows_the_agent_not_the_state_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for root in [&a, &b] {
+            std::fs::create_dir(root).unwrap();
+            std::fs::write(root.join("0123abcd.cpio"), b"agent one").unwrap();
+        }
+        std::fs::write(a.join("4567ef01.cpio"), b"agent two").unwrap();
+        let key = |p: &Path| spec(dir.path(), p).key().unwrap();
+        assert_eq!(key(&a.join("0123abcd.cpio")), key(&b.join("0123abcd.cpio")));
+        assert_ne!(key(&a.join("0123abcd.cpio")), key(&a.join("4567ef01.cpio")));
+        let mut more_memory = spec(dir.path(), &a.join("0123abcd.cpio"));
+        more_memory.mem_mib = 256;
+        assert_ne!(more_memory.key().unwrap(), key(&a.join("0123abcd.cpio")));
+    }
 }
