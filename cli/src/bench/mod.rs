@@ -191,7 +191,8 @@ fn prepare_template(kernel: &Path, initramfs: &Path) -> anyhow::Result<Template>
         mem_mib: GUEST_MIB,
     };
     let began = Instant::now();
-    let t = template::ensure(&spec).context("cannot make the template warm runs restore")?;
+    let t =
+        template::ensure(&spec, &|_| {}).context("cannot make the template warm runs restore")?;
     progress(format_args!(
         "template {}: {}",
         t.key,

@@ -29,6 +29,7 @@ use bulkhead_vmm::builder::{BuildError, RestoreConfig};
 use options::{parse_cpus, parse_size, parse_volume, CPU_PERIOD_US};
 pub use session::console_tail;
 use session::{Refresh, Session};
+pub use signals::SignalRouter;
 use vm::RunningVm;
 
 /// Guest RAM beyond the container's memory limit: kernel, agent, page cache.
@@ -311,7 +312,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     }
     let (uds, console_log, guest_mib) = (plan.uds.clone(), plan.console_log.clone(), plan.mem_mib);
     let (vm, boot) = if warm {
-        start_warm(&plan)?
+        start_warm(&plan, &|stop| router.set_vm(stop))?
     } else {
         (start_cold(plan)?, Boot::Cold)
     };
@@ -468,14 +469,14 @@ fn start_cold(plan: VmPlan) -> anyhow::Result<RunningVm> {
 /// Restores the template for this VM's shape (made on first use) with the
 /// run's disks in its slots; a template that cannot be restored is made
 /// again, once.
-fn start_warm(plan: &VmPlan) -> anyhow::Result<(RunningVm, Boot)> {
+fn start_warm(plan: &VmPlan, on_boot: template::OnBoot<'_>) -> anyhow::Result<(RunningVm, Boot)> {
     let spec = TemplateSpec {
         kernel: plan.kernel.clone(),
         initramfs: plan.initramfs.clone(),
         vcpus: 1,
         mem_mib: plan.mem_mib,
     };
-    let mut tpl = template::ensure(&spec)?;
+    let mut tpl = template::ensure(&spec, on_boot)?;
     let restore = |dir: &Path| -> Result<RunningVm, BuildError> {
         let console = console_file(&plan.console_log)
             .map_err(|e| BuildError::EventFd(std::io::Error::other(format!("{e:#}"))))?;
@@ -489,7 +490,7 @@ fn start_warm(plan: &VmPlan) -> anyhow::Result<(RunningVm, Boot)> {
     let vm = match restore(&tpl.dir) {
         Ok(vm) => vm,
         Err(e) if is_template_fault(&e) => {
-            tpl = template::rebuild(&spec, &tpl, &e.to_string())?;
+            tpl = template::rebuild(&spec, &tpl, &e.to_string(), on_boot)?;
             restore(&tpl.dir).context("cannot restore the rebuilt template")?
         }
         Err(e) => return Err(e).context("cannot restore the microVM"),

@@ -10,13 +10,18 @@ use bulkhead_vmm::config::{ConsoleOutput, VmConfig, VsockConfig};
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
 use super::ready::ReadyWatcher;
-use super::{TemplateMeta, TemplateSpec, DISK_SLOTS, META_FILE};
+use super::{OnBoot, TemplateMeta, TemplateSpec, DISK_SLOTS, META_FILE};
 
 /// Boots on PVM hosts take tens of seconds; on real hosts well under one.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Builds the template `key` for `spec` into `dir`, which must not exist.
-pub fn build(spec: &TemplateSpec, key: &str, dir: &Path) -> anyhow::Result<()> {
+pub fn build(
+    spec: &TemplateSpec,
+    key: &str,
+    dir: &Path,
+    on_boot: OnBoot<'_>,
+) -> anyhow::Result<()> {
     let base = dir.parent().context("template directory has no parent")?;
     let work = tempfile::Builder::new()
         .prefix(&format!(".build-{key}-"))
@@ -25,9 +30,10 @@ pub fn build(spec: &TemplateSpec, key: &str, dir: &Path) -> anyhow::Result<()> {
     let snapshot_dir = work.path().join("snapshot");
     let console_log = work.path().join("console.log");
     let started = Instant::now();
-    let ended = boot_and_snapshot(spec, work.path(), &snapshot_dir, &console_log);
+    let ended = boot_and_snapshot(spec, work.path(), &snapshot_dir, &console_log, on_boot);
     match ended {
         Ok(VmExit::Snapshotted) => {}
+        Ok(VmExit::Stopped) => bail!("making template {key} was interrupted"),
         Ok(other) => bail!(
             "the template guest ended ({other:?}) before its agent was ready{}",
             console_tail(&console_log)
@@ -65,6 +71,7 @@ fn boot_and_snapshot(
     work: &Path,
     snapshot_dir: &Path,
     console_log: &Path,
+    on_boot: OnBoot<'_>,
 ) -> anyhow::Result<VmExit> {
     let handle: Arc<OnceLock<SnapshotHandle>> = Arc::new(OnceLock::new());
     let on_ready = {
@@ -95,6 +102,7 @@ fn boot_and_snapshot(
     let vmm = bulkhead_vmm::builder::build(config).context("cannot build the template VM")?;
     let _ = handle.set(vmm.snapshot_handle());
     let stop = vmm.stop_handle();
+    on_boot(stop.clone());
     let thread = std::thread::Builder::new()
         .name("template-vmm".into())
         .spawn(move || vmm.run())?;

@@ -4,6 +4,7 @@ use clap::Subcommand;
 
 use super::TemplateSpec;
 use crate::paths;
+use crate::run::SignalRouter;
 
 #[derive(Subcommand, Debug)]
 pub enum TemplateCommand {
@@ -57,13 +58,15 @@ pub fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TemplateCommand::Build { mem_mib, vcpus } => {
+            // Ctrl-C ends the template VM, and the build cleans up after it.
+            let router = SignalRouter::install()?;
             let spec = TemplateSpec {
                 kernel: paths::kernel()?,
                 initramfs: paths::agent_initramfs(&paths::agent()?)?,
                 vcpus,
                 mem_mib,
             };
-            let t = super::ensure(&spec)?;
+            let t = super::ensure(&spec, &|stop| router.set_vm(stop))?;
             println!("{}", t.key);
             if !t.built {
                 eprintln!("bulkhead: template {} exists already", t.key);

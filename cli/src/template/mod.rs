@@ -124,9 +124,13 @@ pub struct Template {
     pub built: bool,
 }
 
+/// Told the stop handle of a template VM while it boots, so the caller's
+/// signal handling can end it (and the build) on Ctrl-C.
+pub type OnBoot<'a> = &'a dyn Fn(bulkhead_vmm::vmm::StopHandle);
+
 /// Finds the template for `spec`, making it first if there is none.
 /// Concurrent callers wait for one build instead of each booting.
-pub fn ensure(spec: &TemplateSpec) -> anyhow::Result<Template> {
+pub fn ensure(spec: &TemplateSpec, on_boot: OnBoot<'_>) -> anyhow::Result<Template> {
     let key = spec.key()?;
     let base = templates_dir();
     let dir = base.join(&key);
@@ -148,7 +152,7 @@ pub fn ensure(spec: &TemplateSpec) -> anyhow::Result<Template> {
     }
     eprintln!("bulkhead: making template {key} (first use: boots the guest once)");
     remove_made_by_other_builds(&base);
-    build::build(spec, &key, &dir)?;
+    build::build(spec, &key, &dir, on_boot)?;
     Ok(Template {
         key,
         dir,
@@ -157,7 +161,12 @@ pub fn ensure(spec: &TemplateSpec) -> anyhow::Result<Template> {
 }
 
 /// Replaces a template that failed to restore, under the same lock.
-pub fn rebuild(spec: &TemplateSpec, broken: &Template, why: &str) -> anyhow::Result<Template> {
+pub fn rebuild(
+    spec: &TemplateSpec,
+    broken: &Template,
+    why: &str,
+    on_boot: OnBoot<'_>,
+) -> anyhow::Result<Template> {
     eprintln!(
         "bulkhead: template {} is unusable ({why}); rebuilding it",
         broken.key
@@ -165,7 +174,7 @@ pub fn rebuild(spec: &TemplateSpec, broken: &Template, why: &str) -> anyhow::Res
     let base = templates_dir();
     let _lock = lock(&base.join(format!(".{}.lock", broken.key)))?;
     remove_dir(&broken.dir)?;
-    build::build(spec, &broken.key, &broken.dir)?;
+    build::build(spec, &broken.key, &broken.dir, on_boot)?;
     Ok(Template {
         built: true,
         ..broken.clone()
