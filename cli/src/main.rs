@@ -3,6 +3,7 @@
 mod bench;
 mod boot;
 mod image;
+mod logger;
 mod paths;
 mod run;
 mod template;
@@ -54,6 +55,7 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    logger::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),

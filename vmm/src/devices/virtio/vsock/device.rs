@@ -3,10 +3,11 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::muxer::Muxer;
 use super::packet::{TxHeader, HEADER_LEN, MAX_PKT_DATA};
@@ -58,6 +59,12 @@ pub struct Vsock {
     /// Set by restore: the guest still believes in connections the snapshot
     /// could not keep, and must be sent a transport reset on the event queue.
     pub(super) reset_pending: bool,
+    /// The reset went out and the guest has not handled it yet: it resets
+    /// every connection it has when it does (in a workqueue, which can run
+    /// late on a slow host), so no new stream starts until then. Holds the
+    /// guest's event-queue avail index when the reset was sent: the guest
+    /// re-posts the buffer right after handling the event.
+    pub(super) awaiting_reset_ack: Option<std::num::Wrapping<u16>>,
 }
 
 impl Vsock {
@@ -83,6 +90,7 @@ impl Vsock {
             config: u64::from(cid).to_le_bytes(),
             queue_events_registered: false,
             reset_pending: false,
+            awaiting_reset_ack: None,
         })
     }
 
@@ -170,6 +178,60 @@ impl Vsock {
     /// Delivers a pending transport reset into the next event buffer the
     /// guest posted. With none posted yet, asks to be kicked when one is and
     /// stays pending; the event-queue handler calls this again.
+    /// Holds new streams until the guest has handled the reset just sent,
+    /// and makes sure its re-posting of the event buffer notifies us.
+    fn await_reset_ack(&mut self) {
+        let Some(mem) = self.core.mem.as_ref() else {
+            return;
+        };
+        let queue = &mut self.core.queues[EVQ];
+        let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+            return;
+        };
+        if let Err(e) = queue.enable_notification(mem) {
+            log::error!("virtio-vsock: event queue is broken: {e}");
+            return;
+        }
+        // The guest posted several event buffers at probe, so "one more is
+        // available" says nothing; with EVENT_IDX, ask to be notified when
+        // the avail index moves past where it is now.
+        if queue.event_idx_enabled() {
+            let avail_event = queue.used_ring() + 4 + 8 * u64::from(queue.size());
+            if let Err(e) = mem.write_obj(avail.0.to_le(), GuestAddress(avail_event)) {
+                log::error!("virtio-vsock: cannot arm the event queue: {e}");
+                return;
+            }
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+        self.awaiting_reset_ack = Some(avail);
+        self.muxer.hold_host_connections(true);
+    }
+
+    /// Whether the guest has handled the transport reset: it re-posted the
+    /// event buffer. Then streams may start again.
+    pub(super) fn check_reset_ack(&mut self) -> bool {
+        let (Some(at), Some(mem)) = (self.awaiting_reset_ack, self.core.mem.as_ref()) else {
+            return false;
+        };
+        match self.core.queues[EVQ].avail_idx(mem, Ordering::Acquire) {
+            Ok(now) if now != at => {
+                self.release_after_reset();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn release_after_reset(&mut self) {
+        self.awaiting_reset_ack = None;
+        self.muxer.hold_host_connections(false);
+    }
+
+    /// Whether streams are held until the guest handles a transport reset.
+    pub(super) fn holding_for_reset(&self) -> bool {
+        self.awaiting_reset_ack.is_some()
+    }
+
     pub(super) fn send_transport_reset(&mut self) {
         let Some(mem) = self.core.mem.as_ref() else {
             return;
@@ -208,7 +270,11 @@ impl Vsock {
             // A buffer too small to hold the event went back empty: try the next.
             self.reset_pending = written != EVENT_LEN;
         }
-        if used && queue.needs_notification(mem).unwrap_or(true) {
+        let notify = used && queue.needs_notification(mem).unwrap_or(true);
+        if used && !self.reset_pending {
+            self.await_reset_ack();
+        }
+        if notify {
             signal(&self.core.irq);
         }
     }
@@ -310,6 +376,7 @@ impl VirtioDevice for Vsock {
         }
         // A new driver has no connections to reset.
         self.reset_pending = false;
+        self.release_after_reset();
         self.core.reset();
     }
 }

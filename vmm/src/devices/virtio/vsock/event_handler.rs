@@ -44,19 +44,31 @@ impl MutEventSubscriber for Vsock {
             if self.core.is_activated() {
                 self.register_queue_events(ops);
                 self.send_transport_reset();
-                self.process_tx();
-                self.process_rx();
+                if !self.holding_for_reset() {
+                    self.process_tx();
+                    self.process_rx();
+                }
             }
         } else if let Some(index) = self.queue_index(fd) {
             let _ = self.core.queue_events[index].read();
             match index {
+                // The guest's packets wait (in its queue) until it has
+                // handled the reset, which would kill streams they start.
+                RXQ | TXQ if self.holding_for_reset() => {}
                 RXQ => self.process_rx(),
                 TXQ => {
                     self.process_tx();
                     self.process_rx();
                 }
-                // A buffer for a transport reset still waiting after restore.
-                EVQ => self.send_transport_reset(),
+                // A buffer for a transport reset still waiting after
+                // restore, or the guest re-posting one after handling it.
+                EVQ => {
+                    self.send_transport_reset();
+                    if self.check_reset_ack() {
+                        self.process_tx();
+                        self.process_rx();
+                    }
+                }
                 _ => unreachable!("vsock has three queues"),
             }
         } else {

@@ -61,6 +61,9 @@ pub struct Muxer {
     /// Accepting failed for lack of fds: stop watching the listener (it would
     /// stay readable and spin the loop) until some stream closes.
     listener_paused: bool,
+    /// New host connections wait in the listen backlog (the device holds
+    /// them while the guest has a transport reset to handle).
+    listener_held: bool,
     conns: HashMap<ConnKey, Connection>,
     conn_fds: HashMap<RawFd, ConnKey>,
     handshakes: HashMap<RawFd, HostConnect>,
@@ -102,6 +105,7 @@ impl Muxer {
             listener,
             listener_registered: None,
             listener_paused: false,
+            listener_held: false,
             conns: HashMap::new(),
             conn_fds: HashMap::new(),
             handshakes: HashMap::new(),
@@ -225,6 +229,11 @@ impl Muxer {
         self.pending_rst = 0;
     }
 
+    /// Leaves new host connections in the listen backlog while `held`.
+    pub fn hold_host_connections(&mut self, held: bool) {
+        self.listener_held = held;
+    }
+
     /// Brings the epoll set in line with what each fd needs now.
     pub fn sync_epoll(&mut self, ops: &mut EventOps) {
         let closed_any = !self.graveyard.is_empty();
@@ -238,7 +247,7 @@ impl Muxer {
         if closed_any {
             self.listener_paused = false;
         }
-        let listener_wanted = if self.listener_paused {
+        let listener_wanted = if self.listener_paused || self.listener_held {
             EventSet::empty()
         } else {
             EventSet::IN

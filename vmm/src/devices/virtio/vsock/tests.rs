@@ -795,6 +795,32 @@ fn restore_sends_transport_reset_and_drops_host_connections() {
     assert_eq!(read_n(&mut host, 5), b"again");
 }
 
+/// The guest resets every connection it has when it handles the reset,
+/// which it does in a workqueue that can run late: a host connection made
+/// in between must not reach it before then, or it would be reset too.
+#[test]
+fn host_connections_after_restore_wait_until_the_guest_handled_the_reset() {
+    let mut g = Guest::new();
+    g.add_rx_buffers(8);
+    g.post_event_buffer();
+    g.post_event_buffer();
+    g.ack_interrupts();
+    g.snapshot_and_restore(CID);
+    assert!(g.evq.next_used(&g.mem).is_some(), "no transport reset");
+
+    let mut host = UnixStream::connect(g.path("")).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    g.pump();
+    assert!(
+        g.recv().is_none(),
+        "connection reached the guest before the reset was handled"
+    );
+
+    // Handling the event, the guest re-posts its buffer and kicks.
+    g.post_event_buffer();
+    assert_eq!(g.expect(op::REQUEST).h.dst_port, 1024);
+}
+
 #[test]
 fn restore_with_new_cid_waits_for_an_event_buffer() {
     let mut g = Guest::new();
