@@ -42,12 +42,8 @@ pub struct BootArgs {
     /// Raw disk image, attached in order as vda, vdb, ...; `,ro` for read-only.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
-    /// Host Unix socket for the guest's vsock device (Firecracker's hybrid vsock).
-    #[arg(long)]
-    vsock_uds: Option<PathBuf>,
-    /// The guest's vsock CID.
-    #[arg(long, default_value_t = 3)]
-    vsock_cid: u32,
+    #[command(flatten)]
+    vsock: VsockArgs,
     /// PVM host compatibility (feature masks, syscall fix): auto-detected by default.
     #[arg(long, value_enum, default_value_t = PvmMode::Auto)]
     pvm_compat: PvmMode,
@@ -60,6 +56,26 @@ pub struct BootArgs {
     snapshot_when: Option<String>,
 }
 
+/// The guest's vsock device, for a boot or a restore.
+#[derive(Args)]
+pub struct VsockArgs {
+    /// Host Unix socket for the guest's vsock device (Firecracker's hybrid vsock).
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u32,
+}
+
+impl VsockArgs {
+    fn config(&self) -> Option<VsockConfig> {
+        self.vsock_uds.clone().map(|uds_path| VsockConfig {
+            cid: self.vsock_cid,
+            uds_path,
+        })
+    }
+}
+
 /// `bulkhead restore`: continue a VM snapshotted by `boot --snapshot-to`.
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -68,12 +84,8 @@ pub struct RestoreArgs {
     /// Backing for the snapshot's block slots, in order; `,ro` for read-only.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
-    /// Host Unix socket for the restored vsock device.
-    #[arg(long)]
-    vsock_uds: Option<PathBuf>,
-    /// The guest's vsock CID after restore.
-    #[arg(long, default_value_t = 3)]
-    vsock_cid: u32,
+    #[command(flatten)]
+    vsock: VsockArgs,
     /// Write when the restore began and when the vCPUs were started, as
     /// JSON (for `bulkhead bench`).
     #[arg(long, hide = true, value_name = "FILE")]
@@ -129,10 +141,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| parse_disk(d))
         .collect::<anyhow::Result<_>>()?;
-    config.vsock = args.vsock_uds.map(|uds_path| VsockConfig {
-        cid: args.vsock_cid,
-        uds_path,
-    });
+    config.vsock = args.vsock.config();
     let (Some(dir), Some(when)) = (args.snapshot_to, args.snapshot_when) else {
         let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
         vmm.run().context("the VM failed")?;
@@ -178,10 +187,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         snapshot_dir: args.snapshot,
         console: ConsoleOutput::Stdout,
         disks,
-        vsock: args.vsock_uds.map(|uds_path| VsockConfig {
-            cid: args.vsock_cid,
-            uds_path,
-        }),
+        vsock: args.vsock.config(),
     };
     let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;

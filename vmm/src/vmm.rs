@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -199,7 +199,6 @@ impl Vmm {
             stop_evt.try_clone()?,
             snapshot_request.clone(),
         )));
-        use event_manager::SubscriberOps;
         parts.event_manager.add_subscriber(exit_watch.clone());
         Ok(Vmm {
             event_manager: parts.event_manager,

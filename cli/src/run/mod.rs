@@ -477,23 +477,21 @@ fn start_warm(plan: &VmPlan, on_boot: template::OnBoot<'_>) -> anyhow::Result<(R
         mem_mib: plan.mem_mib,
     };
     let mut tpl = template::ensure(&spec, on_boot)?;
-    let restore = |dir: &Path| -> Result<RunningVm, BuildError> {
-        let console = console_file(&plan.console_log)
-            .map_err(|e| BuildError::EventFd(std::io::Error::other(format!("{e:#}"))))?;
-        RunningVm::restore(RestoreConfig {
+    let restore = |dir: &Path| -> anyhow::Result<RunningVm> {
+        Ok(RunningVm::restore(RestoreConfig {
             snapshot_dir: dir.to_path_buf(),
-            console,
+            console: console_file(&plan.console_log)?,
             disks: plan.disks.iter().cloned().map(Some).collect(),
             vsock: Some(vsock_config(plan)),
-        })
+        })?)
     };
     let vm = match restore(&tpl.dir) {
         Ok(vm) => vm,
         Err(e) if is_template_fault(&e) => {
-            tpl = template::rebuild(&spec, &tpl, &e.to_string(), on_boot)?;
+            tpl = template::rebuild(&spec, &tpl, &format!("{e:#}"), on_boot)?;
             restore(&tpl.dir).context("cannot restore the rebuilt template")?
         }
-        Err(e) => return Err(e).context("cannot restore the microVM"),
+        Err(e) => return Err(e.context("cannot restore the microVM")),
     };
     Ok((
         vm,
@@ -506,8 +504,11 @@ fn start_warm(plan: &VmPlan, on_boot: template::OnBoot<'_>) -> anyhow::Result<(R
 
 /// Whether a restore failed because of the template itself (stale,
 /// corrupt, from another host) rather than this run's inputs.
-fn is_template_fault(e: &BuildError) -> bool {
-    matches!(e, BuildError::Snapshot(_) | BuildError::State(_))
+fn is_template_fault(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<BuildError>(),
+        Some(BuildError::Snapshot(_) | BuildError::State(_))
+    )
 }
 
 /// /dev/vda, /dev/vdb, ... for the n-th disk.

@@ -162,18 +162,31 @@ impl Vcpu {
         pio: Bus,
         mmio: Bus,
     ) -> Result<Self, VcpuError> {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(|e| VcpuError::Create(id, e))?;
+        let vcpu = Self::create(vm, id, mem, pio, mmio)?;
+        let fd = &vcpu.fd;
         let mut cpuid = base_cpuid.clone();
         cpuid::patch_cpuid(&mut cpuid, id, count).map_err(|e| VcpuError::CpuidTable(id, e))?;
         fd.set_cpuid2(&cpuid).map_err(|e| VcpuError::Cpuid(id, e))?;
-        let set = msr::setup_msrs(&fd).map_err(|e| VcpuError::Msrs(id, e))?;
+        let set = msr::setup_msrs(fd).map_err(|e| VcpuError::Msrs(id, e))?;
         if set < msr::boot_msr_entries().len() {
             log::debug!("vCPU {id}: KVM accepted {set} of the boot MSRs");
         }
-        regs::setup_fpu(&fd).map_err(|e| VcpuError::Regs(id, e))?;
-        interrupts::setup_lapic(&fd).map_err(|e| VcpuError::Lapic(id, e))?;
+        regs::setup_fpu(fd).map_err(|e| VcpuError::Regs(id, e))?;
+        interrupts::setup_lapic(fd).map_err(|e| VcpuError::Lapic(id, e))?;
+        Ok(vcpu)
+    }
+
+    /// A vCPU with KVM's initial state, before boot or saved state.
+    fn create(
+        vm: &VmFd,
+        id: u8,
+        mem: GuestMemoryMmap,
+        pio: Bus,
+        mmio: Bus,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VcpuError::Create(id, e))?;
         Ok(Vcpu {
             id,
             fd,
@@ -193,18 +206,9 @@ impl Vcpu {
         pio: Bus,
         mmio: Bus,
     ) -> Result<Self, VcpuError> {
-        let id = state.id;
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(|e| VcpuError::Create(id, e))?;
-        persist::restore_vcpu(kvm, &fd, state)?;
-        Ok(Vcpu {
-            id,
-            fd,
-            pio,
-            mmio,
-            mem,
-        })
+        let vcpu = Self::create(vm, state.id, mem, pio, mmio)?;
+        persist::restore_vcpu(kvm, &vcpu.fd, state)?;
+        Ok(vcpu)
     }
 
     /// Saves this vCPU's state; it must have stopped running.
