@@ -188,6 +188,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         console: ConsoleOutput::Stdout,
         disks,
         vsock: args.vsock.config(),
+        shares: Vec::new(),
     };
     let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;

@@ -93,6 +93,10 @@ pub struct RestoreConfig {
     pub disks: Vec<Option<DiskConfig>>,
     /// The host socket (and guest CID) of the restored vsock.
     pub vsock: Option<VsockConfig>,
+    /// The backend socket of each virtio-fs slot, in slot order; missing
+    /// or `None` leaves the slot unconnected. Any socket makes the restored
+    /// guest memory a shareable copy of the snapshot's.
+    pub shares: Vec<Option<PathBuf>>,
 }
 
 /// The devices a VM keeps beside its vCPUs, for snapshots and the exit watch.

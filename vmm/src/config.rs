@@ -34,6 +34,19 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A virtio-fs device: the tag the guest mounts it by, and the listening
+/// vhost-user socket of its backend (a virtiofsd). `None` is an empty slot:
+/// the guest sees the device, and a restore of a snapshot of this VM can
+/// connect it to a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: Option<PathBuf>,
+}
+
+/// The longest virtio-fs tag (the device's config space field).
+pub const FS_TAG_MAX: usize = 36;
+
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
@@ -50,6 +63,9 @@ pub struct VmConfig {
     /// this VM can be given files for at restore.
     pub empty_disk_slots: usize,
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices, after the disks and before the vsock. Guest
+    /// memory is backed by a shareable memfd when any has a socket.
+    pub shares: Vec<FsConfig>,
 }
 
 impl VmConfig {
@@ -66,6 +82,7 @@ impl VmConfig {
             disks: Vec::new(),
             empty_disk_slots: 0,
             vsock: None,
+            shares: Vec::new(),
         }
     }
 }

@@ -483,6 +483,7 @@ fn start_warm(plan: &VmPlan, on_boot: template::OnBoot<'_>) -> anyhow::Result<(R
             console: console_file(&plan.console_log)?,
             disks: plan.disks.iter().cloned().map(Some).collect(),
             vsock: Some(vsock_config(plan)),
+            shares: Vec::new(),
         })?)
     };
     let vm = match restore(&tpl.dir) {
