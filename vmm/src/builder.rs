@@ -24,12 +24,12 @@ use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_PORT_BASE, COM1_PORT_LEN};
 use crate::devices::legacy::trigger::EventFdTrigger;
-use crate::devices::virtio::AttachedDevices;
 use crate::devices::virtio::RestoreError as DeviceRestoreError;
+use crate::devices::virtio::{AttachedDevices, RestoreBackings, VirtioDevices};
 use crate::snapshot::{self, HostCpu, SnapshotError, SnapshotPaths};
 use crate::vmm::{VmParts, Vmm};
 use crate::vstate::kvm::{open_kvm, KvmError};
-use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::memory::{create_guest_memory, create_shared_guest_memory, MemoryError};
 use crate::vstate::persist::StateError;
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError};
 use crate::vstate::vm::{create_vm, VmError};
@@ -150,7 +150,11 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
     check_config(&config)?;
     let kvm = open_kvm()?;
     let mem_size = config.mem_mib << 20;
-    let mem = create_guest_memory(mem_size)?;
+    let mem = if config.shares.iter().any(|s| s.socket.is_some()) {
+        create_shared_guest_memory(mem_size)?
+    } else {
+        create_guest_memory(mem_size)?
+    };
     let vm = create_vm(&kvm, &mem)?;
     let (kernel, initrd) = load_kernel_and_initrd(&config, &mem)?;
 
@@ -167,9 +171,12 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
         &mut wiring.mmio,
         &mut wiring.event_manager,
         &mut cmdline,
-        &config.disks,
-        config.empty_disk_slots,
-        config.vsock.as_ref(),
+        VirtioDevices {
+            disks: &config.disks,
+            empty_disk_slots: config.empty_disk_slots,
+            shares: &config.shares,
+            vsock: config.vsock.as_ref(),
+        },
     )?;
     cmdline::append_user(&mut cmdline, &config.cmdline)?;
     write_boot_tables(&mem, &cmdline, mem_size, initrd, config.vcpus)?;
@@ -208,9 +215,17 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
     let host = HostCpu::of(&kvm)?;
     let state = snapshot::read_state(&config.snapshot_dir, &host)?;
     let paths = SnapshotPaths::in_dir(&config.snapshot_dir);
-    let mem = snapshot::memory::restore_memory(&paths.memory, state.mem_size)
-        .map_err(SnapshotError::from)?;
-    populate_in_background(&mem, &paths.memory);
+    let mem = if config.shares.iter().any(Option::is_some) {
+        // A backend maps guest memory too: the VM gets its own shareable
+        // copy of the snapshot's data, which also leaves nothing to populate.
+        snapshot::memory::restore_memory_shared(&paths.memory, state.mem_size)
+            .map_err(SnapshotError::from)?
+    } else {
+        let mem = snapshot::memory::restore_memory(&paths.memory, state.mem_size)
+            .map_err(SnapshotError::from)?;
+        populate_in_background(&mem, &paths.memory);
+        mem
+    };
     let vm = create_vm(&kvm, &mem)?;
     crate::vstate::persist::restore_vm(&vm, &state.vm)?;
 
@@ -224,8 +239,11 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
         &mut wiring.mmio,
         &mut wiring.event_manager,
         &state.devices,
-        &config.disks,
-        config.vsock.as_ref(),
+        RestoreBackings {
+            disks: &config.disks,
+            shares: &config.shares,
+            vsock: config.vsock.as_ref(),
+        },
     )?;
 
     install_kick_handler()?;

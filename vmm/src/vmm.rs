@@ -229,6 +229,9 @@ impl Vmm {
 
     /// Saves the stopped VM into `dir`.
     fn write_snapshot(&self, vcpus: &[Vcpu], dir: &std::path::Path) -> Result<(), RunError> {
+        if let Some(tag) = self.devices.virtio.connected_share() {
+            return Err(SnapshotError::ConnectedShare(tag).into());
+        }
         let msr_indices = kvm_state::msrs_to_save(&self.kvm)?;
         let vcpu_states = vcpus
             .iter()

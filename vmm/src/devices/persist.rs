@@ -10,6 +10,7 @@ use std::io;
 use super::virtio::attach::AttachError;
 use super::virtio::block::BlockError;
 use super::virtio::device::ActivateError;
+use super::virtio::fs::FsError;
 use super::virtio::vsock::VsockError;
 
 /// Why restoring device state failed.
@@ -68,6 +69,12 @@ pub enum RestoreError {
     /// The vsock could not listen on its new socket, or the CID is reserved.
     #[error("virtio-vsock: {0}")]
     Vsock(#[from] VsockError),
+    /// The virtio-fs backend could not be connected or started.
+    #[error("virtio-fs: {0}")]
+    Fs(#[from] FsError),
+    /// More virtio-fs backends were given than the snapshot has slots.
+    #[error("{given} shares given but the snapshot has only {slots} virtio-fs slots")]
+    TooManyShares { given: usize, slots: usize },
     /// vm-superio refused the saved UART state (an over-full receive FIFO).
     #[error("serial: {0}")]
     Serial(#[source] vm_superio::serial::Error<io::Error>),

@@ -1,6 +1,8 @@
 //! Guest memory as a file: written sparse at snapshot time, mapped
 //! `MAP_PRIVATE` at restore so every clone of one snapshot shares its
-//! pages copy-on-write and none can change the file.
+//! pages copy-on-write and none can change the file. A VM whose memory a
+//! vhost-user backend must map gets a private shareable copy instead
+//! ([`restore_memory_shared`]): only the file's data extents are copied.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -40,6 +42,10 @@ pub enum MemoryFileError {
     },
     #[error("cannot lay out restored guest memory: {0}")]
     Layout(vm_memory::GuestRegionCollectionError),
+    #[error(transparent)]
+    Shared(#[from] crate::vstate::memory::MemoryError),
+    #[error("cannot copy guest memory from {}: {source}", .path.display())]
+    Copy { path: PathBuf, source: io::Error },
 }
 
 /// Writes all of `mem` to `path`, region after region, leaving holes
@@ -147,20 +153,14 @@ fn next_extent(fd: i32, from: u64, end: u64) -> io::Result<Option<(u64, u64)>> {
     Ok(Some((data, hole)))
 }
 
-/// Maps the memory file at `path` as guest memory of `size` bytes, laid
-/// out as [`ram_regions`] lays out a fresh VM.
-pub fn restore_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryFileError> {
-    let file = File::open(path).map_err(|source| MemoryFileError::Open {
+/// Opens the memory file at `path`, which must hold `size` bytes.
+fn open_memory_file(path: &Path, size: u64) -> Result<File, MemoryFileError> {
+    let open_err = |source| MemoryFileError::Open {
         path: path.to_path_buf(),
         source,
-    })?;
-    let found = file
-        .metadata()
-        .map_err(|source| MemoryFileError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    };
+    let file = File::open(path).map_err(open_err)?;
+    let found = file.metadata().map_err(open_err)?.len();
     if found != size {
         return Err(MemoryFileError::Size {
             path: path.to_path_buf(),
@@ -168,6 +168,49 @@ pub fn restore_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryF
             expected: size,
         });
     }
+    Ok(file)
+}
+
+/// Guest memory of `size` bytes in a fresh shareable memfd
+/// ([`create_shared_guest_memory`]) holding the data of the memory file at
+/// `path`. Holes are left untouched: the memfd reads them as zeros.
+pub fn restore_memory_shared(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryFileError> {
+    let file = open_memory_file(path, size)?;
+    let mem = crate::vstate::memory::create_shared_guest_memory(size)?;
+    let copy_err = |source| MemoryFileError::Copy {
+        path: path.to_path_buf(),
+        source,
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut file_start = 0u64;
+    for region in mem.iter() {
+        let len = region.len();
+        let mut at = 0u64;
+        while let Some((data, hole)) =
+            next_extent(fd, file_start + at, file_start + len).map_err(copy_err)?
+        {
+            let (from, to) = (data - file_start, hole - file_start);
+            // SAFETY: [from, to) lies inside this region's live mapping (both
+            // ends are clamped to the region), nothing else has the memfd
+            // yet and no vCPU runs, so this is the only reference to it.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    region.as_ptr().add(from as usize),
+                    (to - from) as usize,
+                )
+            };
+            file.read_exact_at(dst, data).map_err(copy_err)?;
+            at = to;
+        }
+        file_start += len;
+    }
+    Ok(mem)
+}
+
+/// Maps the memory file at `path` as guest memory of `size` bytes, laid
+/// out as [`ram_regions`] lays out a fresh VM.
+pub fn restore_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryFileError> {
+    let file = open_memory_file(path, size)?;
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (start, len) in ram_regions(size) {
@@ -251,6 +294,27 @@ mod tests {
         // Two data pages, however the filesystem rounds its extents.
         assert!((2 * 4096..=2 << 20).contains(&populated), "{populated}");
         assert_eq!(restored.read_obj::<u8>(GuestAddress(5 << 20)).unwrap(), 2);
+    }
+
+    #[test]
+    fn shared_restore_copies_the_data_into_a_private_memfd() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.as_path().join("memory");
+        let mem = create_guest_memory(8 << 20).unwrap();
+        mem.write_obj(0xabcd_u64, GuestAddress(0x5000)).unwrap();
+        mem.write_obj(9u8, GuestAddress((8 << 20) - 1)).unwrap();
+        save_memory(&mem, &path).unwrap();
+        let a = restore_memory_shared(&path, 8 << 20).unwrap();
+        assert_eq!(a.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xabcd);
+        assert_eq!(a.read_obj::<u8>(GuestAddress((8 << 20) - 1)).unwrap(), 9);
+        assert_eq!(a.read_obj::<u64>(GuestAddress(0x9000)).unwrap(), 0);
+        assert!(a.iter().all(|r| r.file_offset().is_some()));
+        a.write_obj(1u64, GuestAddress(0x5000)).unwrap();
+        // The snapshot stays as it was for the next clone.
+        let b = restore_memory_shared(&path, 8 << 20).unwrap();
+        assert_eq!(b.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xabcd);
+        let err = restore_memory_shared(&dir.as_path().join("missing"), 8 << 20).unwrap_err();
+        assert!(matches!(err, MemoryFileError::Open { .. }), "{err}");
     }
 
     #[test]

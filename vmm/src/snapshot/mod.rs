@@ -44,6 +44,8 @@ pub enum SnapshotError {
     },
     #[error("snapshot {} is inconsistent: {what}", .path.display())]
     Inconsistent { path: PathBuf, what: String },
+    #[error("cannot snapshot a VM whose virtio-fs share {0:?} is connected: its FUSE session lives in the backend")]
+    ConnectedShare(String),
     #[error("cannot read this host's CPU features from KVM: {0}")]
     HostCpuid(kvm_ioctls::Error),
     #[error("cannot create snapshot directory {}: {source}", .path.display())]

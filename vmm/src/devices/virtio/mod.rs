@@ -1,6 +1,6 @@
 //! virtio devices over the virtio-mmio transport.
 //!
-//! A device ([`block::Block`], [`vsock::Vsock`]) implements [`VirtioDevice`]
+//! A device ([`block::Block`], [`vsock::Vsock`], [`fs::Fs`]) implements [`VirtioDevice`]
 //! for the transport side (features, queues, config space, activation) and
 //! `event_manager::MutEventSubscriber` for the work side: every queue and
 //! backend file descriptor is serviced on the VMM event loop, never on a vCPU
@@ -13,6 +13,7 @@
 pub mod attach;
 pub mod block;
 pub mod device;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod persist;
@@ -24,7 +25,8 @@ pub(crate) mod test_utils;
 
 pub use attach::{
     attach_devices, attach_mmio_device, restore_devices, AttachError, AttachedDevices,
-    DeviceEventManager, DeviceState, MmioDeviceState, MmioSlot, MmioSlotState,
+    DeviceEventManager, DeviceState, MmioDeviceState, MmioSlot, MmioSlotState, RestoreBackings,
+    VirtioDevices,
 };
 pub use device::{ActivateError, DeviceCore, VirtioDevice};
 pub use interrupt::{IrqKind, IrqTrigger};

@@ -12,15 +12,16 @@ use serde::{Deserialize, Serialize};
 
 use super::block::{Block, BlockError};
 use super::device::VirtioDevice;
+use super::fs::{Fs, FsError};
 use super::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use super::vsock::{Vsock, VsockError};
 use crate::arch::x86_64::layout::{IRQ_MAX, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
-use crate::config::{DiskConfig, VsockConfig};
+use crate::config::{DiskConfig, FsConfig, VsockConfig};
 use crate::devices::bus::{lock, Bus, BusError};
 
 mod persist;
 
-pub use persist::{restore_devices, DeviceState, MmioDeviceState, MmioSlotState};
+pub use persist::{restore_devices, DeviceState, MmioDeviceState, MmioSlotState, RestoreBackings};
 
 /// Registers plus room for the largest device config space.
 const MIN_WINDOW: u64 = 0x200;
@@ -81,6 +82,8 @@ pub enum AttachError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// Wires `device` into the VM at `slot`:
@@ -197,6 +200,7 @@ struct Attached {
 /// The concrete device behind a transport, which `save` needs.
 enum AttachedDevice {
     Block(Arc<Mutex<Block>>),
+    Fs(Arc<Mutex<Fs>>),
     Vsock(Arc<Mutex<Vsock>>),
 }
 
@@ -204,6 +208,7 @@ impl AttachedDevice {
     fn virtio(&self) -> Arc<Mutex<dyn VirtioDevice>> {
         match self {
             Self::Block(b) => b.clone(),
+            Self::Fs(f) => f.clone(),
             Self::Vsock(v) => v.clone(),
         }
     }
@@ -211,8 +216,15 @@ impl AttachedDevice {
     fn subscriber(&self) -> Arc<Mutex<dyn MutEventSubscriber + Send>> {
         match self {
             Self::Block(b) => b.clone(),
+            Self::Fs(f) => f.clone(),
             Self::Vsock(v) => v.clone(),
         }
+    }
+}
+
+impl From<Arc<Mutex<Fs>>> for AttachedDevice {
+    fn from(f: Arc<Mutex<Fs>>) -> Self {
+        Self::Fs(f)
     }
 }
 
@@ -246,6 +258,19 @@ impl AttachedDevices {
         self.devices.is_empty()
     }
 
+    /// The tag of a virtio-fs device connected to a backend, if any: such
+    /// a VM cannot be snapshotted, because its FUSE session (open files,
+    /// inode numbers) lives in the backend, not in the VM.
+    pub fn connected_share(&self) -> Option<String> {
+        self.devices.iter().find_map(|a| match &a.device {
+            AttachedDevice::Fs(f) => {
+                let fs = lock(f);
+                fs.is_connected().then(|| fs.tag().to_string())
+            }
+            _ => None,
+        })
+    }
+
     /// Wires `device` at `slot` behind `transport` and keeps it for saving.
     fn add(
         &mut self,
@@ -264,19 +289,27 @@ impl AttachedDevices {
     }
 }
 
-/// Attaches the VM's disks (in order, so the first is `vda`), then
-/// `empty_disk_slots` block slots without backing (filled when a snapshot of
-/// this VM is restored), then its vsock, in consecutive slots of the layout.
-#[allow(clippy::too_many_arguments)]
+/// The virtio devices of a VM being built, in the order they get slots.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VirtioDevices<'a> {
+    /// In order, so the first is `vda`.
+    pub disks: &'a [DiskConfig],
+    /// Block slots without backing after the disks, filled when a
+    /// snapshot of this VM is restored.
+    pub empty_disk_slots: usize,
+    pub shares: &'a [FsConfig],
+    pub vsock: Option<&'a VsockConfig>,
+}
+
+/// Attaches `devices` in consecutive slots of the layout: disks, empty
+/// block slots, virtio-fs devices, then the vsock.
 pub fn attach_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio_bus: &mut Bus,
     event_manager: &mut DeviceEventManager,
     cmdline: &mut Cmdline,
-    disks: &[DiskConfig],
-    empty_disk_slots: usize,
-    vsock: Option<&VsockConfig>,
+    devices: VirtioDevices<'_>,
 ) -> Result<AttachedDevices, AttachError> {
     let mut wiring = Wiring::new(vm, mmio_bus, event_manager);
     let mut attached = AttachedDevices::default();
@@ -287,14 +320,18 @@ pub fn attach_devices(
         attached.add(&mut wiring, slot, device, transport)?;
         add_to_cmdline(cmdline, slot)
     };
-    for disk in disks {
+    for disk in devices.disks {
         let block = Block::new(&disk.path, disk.read_only)?;
         attach(&mut attached, Arc::new(Mutex::new(block)).into())?;
     }
-    for _ in 0..empty_disk_slots {
+    for _ in 0..devices.empty_disk_slots {
         attach(&mut attached, Arc::new(Mutex::new(Block::empty()?)).into())?;
     }
-    if let Some(cfg) = vsock {
+    for share in devices.shares {
+        let fs = Fs::new(&share.tag, share.socket.as_deref())?;
+        attach(&mut attached, Arc::new(Mutex::new(fs)).into())?;
+    }
+    if let Some(cfg) = devices.vsock {
         let vsock = Vsock::new(cfg.cid, &cfg.uds_path)?;
         attach(&mut attached, Arc::new(Mutex::new(vsock)).into())?;
     }
@@ -361,17 +398,12 @@ mod tests {
             cid: 3,
             uds_path: dir.as_path().join("v.sock"),
         };
-        attach_devices(
-            &vm,
-            &mem,
-            &mut bus,
-            &mut em,
-            &mut cmdline,
-            &disks,
-            0,
-            Some(&vsock),
-        )
-        .unwrap();
+        let devices = VirtioDevices {
+            disks: &disks,
+            vsock: Some(&vsock),
+            ..Default::default()
+        };
+        attach_devices(&vm, &mem, &mut bus, &mut em, &mut cmdline, devices).unwrap();
 
         let line = cmdline.as_cstring().unwrap().into_string().unwrap();
         assert_eq!(
@@ -402,17 +434,12 @@ mod tests {
             path: PathBuf::from("/nonexistent/disk.img"),
             read_only: true,
         };
-        let err = attach_devices(
-            &vm,
-            &mem,
-            &mut bus,
-            &mut em,
-            &mut cmdline,
-            &[missing],
-            0,
-            None,
-        )
-        .unwrap_err();
+        let missing = [missing];
+        let devices = VirtioDevices {
+            disks: &missing,
+            ..Default::default()
+        };
+        let err = attach_devices(&vm, &mem, &mut bus, &mut em, &mut cmdline, devices).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
 
         let img = dir.as_path().join("a.img");
@@ -443,17 +470,11 @@ mod tests {
             cid: 2,
             uds_path: dir.as_path().join("v.sock"),
         };
-        let err = attach_devices(
-            &vm,
-            &mem,
-            &mut bus,
-            &mut em,
-            &mut cmdline,
-            &[],
-            0,
-            Some(&bad_cid),
-        )
-        .unwrap_err();
+        let devices = VirtioDevices {
+            vsock: Some(&bad_cid),
+            ..Default::default()
+        };
+        let err = attach_devices(&vm, &mem, &mut bus, &mut em, &mut cmdline, devices).unwrap_err();
         assert!(err.to_string().contains("CID 2"), "{err}");
     }
 }

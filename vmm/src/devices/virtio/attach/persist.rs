@@ -1,6 +1,7 @@
 //! Snapshot state of the attached virtio devices, and their restore into a
 //! new VM at the slots they were saved from.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
@@ -12,6 +13,7 @@ use crate::arch::x86_64::layout::{VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use crate::config::{DiskConfig, VsockConfig};
 use crate::devices::bus::{lock, Bus};
 use crate::devices::virtio::block::{Block, BlockState};
+use crate::devices::virtio::fs::{Fs, FsState};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::{MmioTransportState, RestoreError};
 use crate::devices::virtio::vsock::{Vsock, VsockState};
@@ -30,6 +32,7 @@ pub struct MmioDeviceState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DeviceState {
     Block(BlockState),
+    Fs(FsState),
     Vsock(VsockState),
 }
 
@@ -44,6 +47,7 @@ impl AttachedDevices {
                 transport: lock(&a.transport).save(),
                 device: match &a.device {
                     AttachedDevice::Block(b) => DeviceState::Block(lock(b).save()),
+                    AttachedDevice::Fs(f) => DeviceState::Fs(lock(f).save()),
                     AttachedDevice::Vsock(v) => DeviceState::Vsock(lock(v).save()),
                 },
             })
@@ -51,26 +55,37 @@ impl AttachedDevices {
     }
 }
 
+/// What a restore plugs into the snapshot's device slots.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreBackings<'a> {
+    /// The new backing of each block slot, in saved order; a missing or
+    /// `None` entry leaves the slot empty.
+    pub disks: &'a [Option<DiskConfig>],
+    /// The backend socket of each virtio-fs slot, in saved order; a
+    /// missing or `None` entry leaves the slot unconnected.
+    pub shares: &'a [Option<PathBuf>],
+    /// The vsock's new socket and CID.
+    pub vsock: Option<&'a VsockConfig>,
+}
+
 /// Re-wires the devices of a snapshot, each at its saved slot (ioeventfds,
-/// irqfd, bus, event loop; the guest parsed its command line long ago).
-///
-/// Block slots, in saved order, get `disks[i]` as their new backing; a
-/// missing or `None` entry leaves the slot empty. The vsock listens on the
-/// configured socket and takes the configured CID. Devices the snapshot
-/// saved as active are re-activated against `mem`.
+/// irqfd, bus, event loop; the guest parsed its command line long ago),
+/// with `backings` in its slots. Devices the snapshot saved as active are
+/// re-activated against `mem`.
 pub fn restore_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio_bus: &mut Bus,
     event_manager: &mut DeviceEventManager,
     states: &[MmioDeviceState],
-    disks: &[Option<DiskConfig>],
-    vsock: Option<&VsockConfig>,
+    backings: RestoreBackings<'_>,
 ) -> Result<AttachedDevices, RestoreError> {
-    check_restore_config(states, disks, vsock)?;
+    let vsock = backings.vsock;
+    check_restore_config(states, &backings)?;
     let mut wiring = Wiring::new(vm, mmio_bus, event_manager);
     let mut attached = AttachedDevices::default();
-    let mut disks = disks.iter();
+    let mut disks = backings.disks.iter();
+    let mut shares = backings.shares.iter();
     for state in states {
         let slot = state.slot;
         check_slot(slot)?;
@@ -84,6 +99,11 @@ pub fn restore_devices(
                 let backing = disk.map(|d| (d.path.as_path(), d.read_only));
                 let block = Block::restore(saved, backing, mem).map_err(at_slot)?;
                 AttachedDevice::from(Arc::new(Mutex::new(block)))
+            }
+            DeviceState::Fs(saved) => {
+                let socket = shares.next().and_then(Option::as_deref);
+                let fs = Fs::restore(saved, socket, mem).map_err(at_slot)?;
+                AttachedDevice::from(Arc::new(Mutex::new(fs)))
             }
             DeviceState::Vsock(saved) => {
                 let cfg = vsock.ok_or(RestoreError::MissingVsock)?;
@@ -106,23 +126,27 @@ pub fn restore_devices(
 /// before anything is opened or wired.
 fn check_restore_config(
     states: &[MmioDeviceState],
-    disks: &[Option<DiskConfig>],
-    vsock: Option<&VsockConfig>,
+    backings: &RestoreBackings<'_>,
 ) -> Result<(), RestoreError> {
-    let count = |block: bool| {
-        states
-            .iter()
-            .filter(|s| matches!(s.device, DeviceState::Block(_)) == block)
-            .count()
-    };
-    let slots = count(true);
-    if disks.len() > slots {
+    let count = |kind: fn(&DeviceState) -> bool| states.iter().filter(|s| kind(&s.device)).count();
+    let slots = count(|d| matches!(d, DeviceState::Block(_)));
+    if backings.disks.len() > slots {
         return Err(RestoreError::TooManyDisks {
-            given: disks.len(),
+            given: backings.disks.len(),
             slots,
         });
     }
-    match (count(false), vsock) {
+    let slots = count(|d| matches!(d, DeviceState::Fs(_)));
+    if backings.shares.len() > slots {
+        return Err(RestoreError::TooManyShares {
+            given: backings.shares.len(),
+            slots,
+        });
+    }
+    match (
+        count(|d| matches!(d, DeviceState::Vsock(_))),
+        backings.vsock,
+    ) {
         (0, Some(_)) => Err(RestoreError::UnexpectedVsock),
         (1, None) => Err(RestoreError::MissingVsock),
         (n, _) if n > 1 => Err(RestoreError::DuplicateVsock),
@@ -189,17 +213,13 @@ mod tests {
             cid: 3,
             uds_path: dir.as_path().join("t.sock"),
         };
-        let attached = attach_devices(
-            vm,
-            &mem,
-            &mut bus,
-            &mut em,
-            &mut cmdline,
-            &disks,
-            2,
-            Some(&vsock),
-        )
-        .unwrap();
+        let devices = super::super::VirtioDevices {
+            disks: &disks,
+            empty_disk_slots: 2,
+            vsock: Some(&vsock),
+            ..Default::default()
+        };
+        let attached = attach_devices(vm, &mem, &mut bus, &mut em, &mut cmdline, devices).unwrap();
         let line = cmdline.as_cstring().unwrap().into_string().unwrap();
         assert_eq!(line.matches("virtio_mmio.device=").count(), 4);
         for i in 0..3u64 {
@@ -241,8 +261,12 @@ mod tests {
                 read_only: false,
             }),
         ];
-        let restored =
-            restore_devices(&vm, &mem, &mut bus, &mut em, &states, &disks, Some(&vsock)).unwrap();
+        let backings = RestoreBackings {
+            disks: &disks,
+            vsock: Some(&vsock),
+            ..Default::default()
+        };
+        let restored = restore_devices(&vm, &mem, &mut bus, &mut em, &states, backings).unwrap();
         assert_eq!(restored.len(), 4);
         let base = |i: u64| VIRTIO_MMIO_START + i * VIRTIO_MMIO_SIZE;
         // Slot 0 lost its backing, slot 1 got one, slot 2 stays empty.
@@ -270,7 +294,12 @@ mod tests {
             let vm = self::vm().unwrap();
             let mut bus = Bus::new();
             let mut em = DeviceEventManager::new().unwrap();
-            restore_devices(&vm, &mem, &mut bus, &mut em, states, disks, vsock).unwrap_err()
+            let backings = RestoreBackings {
+                disks,
+                vsock,
+                ..Default::default()
+            };
+            restore_devices(&vm, &mem, &mut bus, &mut em, states, backings).unwrap_err()
         };
 
         let err = restore(&states, &[None, None, None, None], Some(&vsock));
