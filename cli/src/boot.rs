@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use bulkhead_vmm::boot::pvm::PvmCompat;
 use bulkhead_vmm::builder::RestoreConfig;
-use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB};
+use bulkhead_vmm::config::{
+    ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB,
+};
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
 use crate::bench::restore::RestoreRecord;
@@ -42,6 +44,11 @@ pub struct BootArgs {
     /// Raw disk image, attached in order as vda, vdb, ...; `,ro` for read-only.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
+    /// virtio-fs device with this tag, served by the vhost-user backend
+    /// (a virtiofsd the caller runs) listening at SOCKET; `TAG` alone is
+    /// an empty slot that `restore --share` can connect.
+    #[arg(long = "share", value_name = "TAG[=SOCKET]")]
+    shares: Vec<String>,
     #[command(flatten)]
     vsock: VsockArgs,
     /// PVM host compatibility (feature masks, syscall fix): auto-detected by default.
@@ -84,6 +91,10 @@ pub struct RestoreArgs {
     /// Backing for the snapshot's block slots, in order; `,ro` for read-only.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
+    /// The backend socket for each of the snapshot's virtio-fs slots, in
+    /// order ("" leaves a slot unconnected).
+    #[arg(long = "share", value_name = "SOCKET")]
+    shares: Vec<PathBuf>,
     #[command(flatten)]
     vsock: VsockArgs,
     /// Write when the restore began and when the vCPUs were started, as
@@ -124,6 +135,20 @@ pub fn parse_disk(spec: &str) -> anyhow::Result<DiskConfig> {
     })
 }
 
+/// `TAG=SOCKET` or `TAG` (an empty slot); the VMM checks the tag.
+fn parse_share(spec: &str) -> FsConfig {
+    match spec.split_once('=') {
+        Some((tag, socket)) => FsConfig {
+            tag: tag.to_string(),
+            socket: Some(socket.into()),
+        },
+        None => FsConfig {
+            tag: spec.to_string(),
+            socket: None,
+        },
+    }
+}
+
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let mut config = VmConfig::new(args.kernel);
     config.initrd = args.initrd;
@@ -141,6 +166,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| parse_disk(d))
         .collect::<anyhow::Result<_>>()?;
+    config.shares = args.shares.iter().map(|s| parse_share(s)).collect();
     config.vsock = args.vsock.config();
     let (Some(dir), Some(when)) = (args.snapshot_to, args.snapshot_when) else {
         let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
@@ -188,7 +214,11 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         console: ConsoleOutput::Stdout,
         disks,
         vsock: args.vsock.config(),
-        shares: Vec::new(),
+        shares: args
+            .shares
+            .into_iter()
+            .map(|s| (!s.as_os_str().is_empty()).then_some(s))
+            .collect(),
     };
     let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;
