@@ -19,6 +19,7 @@ mod programs;
 mod report;
 pub(crate) mod restore;
 mod results;
+mod share_io;
 pub(crate) mod smaps;
 mod stats;
 mod workload;
@@ -72,6 +73,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=128))]
     concurrent: u32,
+    /// Also measure file I/O through a virtio-fs share next to an ext4
+    /// disk, and a run with a share next to one without, for N rounds.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    share_io: u32,
     /// Firecracker binary for the VMM baselines, boot and snapshot restore
     /// (default: on PATH, if any).
     #[arg(long, value_name = "PATH")]
@@ -139,6 +145,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.concurrent > 0 {
         failures += run_concurrent(&mut results, &mut runner, args.concurrent);
+    }
+    if args.share_io > 0 {
+        failures += share_io::run(
+            &mut results,
+            runner.exe(),
+            &args.image,
+            scratch.path(),
+            args.share_io,
+        );
     }
 
     let rows = results.rows();
