@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use bulkhead_vmm::boot::pvm::PvmCompat;
 use bulkhead_vmm::builder::RestoreConfig;
-use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB};
+use bulkhead_vmm::config::{
+    ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB, FS_TAG_MAX,
+};
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
 use crate::bench::restore::RestoreRecord;
@@ -42,6 +44,10 @@ pub struct BootArgs {
     /// Raw disk image, attached in order as vda, vdb, ...; `,ro` for read-only.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
+    /// virtio-fs device with this tag, served by the vhost-user backend
+    /// listening on SOCKET (e.g. a virtiofsd); no SOCKET: an empty slot.
+    #[arg(long = "share", value_name = "TAG[=SOCKET]")]
+    shares: Vec<String>,
     #[command(flatten)]
     vsock: VsockArgs,
     /// PVM host compatibility (feature masks, syscall fix): auto-detected by default.
@@ -84,6 +90,9 @@ pub struct RestoreArgs {
     /// Backing for the snapshot's block slots, in order; `,ro` for read-only.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
+    /// Backend socket for the snapshot's virtio-fs slots, in order.
+    #[arg(long = "share", value_name = "SOCKET")]
+    shares: Vec<PathBuf>,
     #[command(flatten)]
     vsock: VsockArgs,
     /// Write when the restore began and when the vCPUs were started, as
@@ -124,6 +133,21 @@ pub fn parse_disk(spec: &str) -> anyhow::Result<DiskConfig> {
     })
 }
 
+pub fn parse_share(spec: &str) -> anyhow::Result<FsConfig> {
+    let (tag, socket) = match spec.split_once('=') {
+        Some((t, s)) => (t, Some(PathBuf::from(s))),
+        None => (spec, None),
+    };
+    anyhow::ensure!(
+        !tag.is_empty() && tag.len() <= FS_TAG_MAX && !tag.contains('\0'),
+        "--share {spec}: the tag must be 1 to {FS_TAG_MAX} bytes"
+    );
+    Ok(FsConfig {
+        tag: tag.to_string(),
+        socket,
+    })
+}
+
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let mut config = VmConfig::new(args.kernel);
     config.initrd = args.initrd;
@@ -140,6 +164,11 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .disks
         .iter()
         .map(|d| parse_disk(d))
+        .collect::<anyhow::Result<_>>()?;
+    config.shares = args
+        .shares
+        .iter()
+        .map(|s| parse_share(s))
         .collect::<anyhow::Result<_>>()?;
     config.vsock = args.vsock.config();
     let (Some(dir), Some(when)) = (args.snapshot_to, args.snapshot_when) else {
@@ -188,7 +217,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         console: ConsoleOutput::Stdout,
         disks,
         vsock: args.vsock.config(),
-        shares: Vec::new(),
+        shares: args.shares.into_iter().map(Some).collect(),
     };
     let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;
