@@ -184,6 +184,17 @@ pub fn parse_mount(s: &str) -> Result<MountArg, MountError> {
             return Err(MountError::RepeatedKey { arg, key });
         }
     }
+    // Docker's default type.
+    let bind = match kind.unwrap_or("volume") {
+        "bind" => true,
+        "volume" => false,
+        other => {
+            return Err(MountError::UnsupportedType {
+                arg,
+                kind: other.to_string(),
+            })
+        }
+    };
     let Some(target) = target else {
         return Err(MountError::Missing {
             arg,
@@ -196,22 +207,15 @@ pub fn parse_mount(s: &str) -> Result<MountArg, MountError> {
             what: "source",
         });
     };
-    // Docker's default type.
-    let source = match kind.unwrap_or("volume") {
-        "bind" if src.starts_with('/') => MountSource::HostDir(host_dir(&arg, src)?),
-        "bind" => {
-            return Err(MountError::RelativeHostPath {
-                arg,
-                path: src.to_string(),
-            })
-        }
-        "volume" => MountSource::Volume(volume_name(&arg, src)?),
-        other => {
-            return Err(MountError::UnsupportedType {
-                arg,
-                kind: other.to_string(),
-            })
-        }
+    let source = if !bind {
+        MountSource::Volume(volume_name(&arg, src)?)
+    } else if src.starts_with('/') {
+        MountSource::HostDir(host_dir(&arg, src)?)
+    } else {
+        return Err(MountError::RelativeHostPath {
+            arg,
+            path: src.to_string(),
+        });
     };
     Ok(MountArg {
         source,
@@ -413,7 +417,7 @@ mod tests {
             )
         );
         for (bad, pattern) in [
-            ("type=tmpfs,dst=/t,src=x", "unsupported type"),
+            ("type=tmpfs,dst=/t", "unsupported type \"tmpfs\""),
             ("type=bind,src=HOST", "no target"),
             ("type=bind,dst=/srv", "no source"),
             ("type=bind,src=HOST,dst=/srv,colour=red", "unknown key"),
