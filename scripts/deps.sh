@@ -10,3 +10,37 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
         { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
+
+# virtiofsd serves `run -v /host/dir:/path`. Found where bulkhead looks for
+# it ($BULKHEAD_VIRTIOFSD, PATH, ~/.cargo/bin, the distribution paths), or
+# built once with cargo (about 3 minutes).
+find_virtiofsd() {
+    if [ -n "${BULKHEAD_VIRTIOFSD:-}" ]; then
+        [ -x "$BULKHEAD_VIRTIOFSD" ] || {
+            echo "[deps] \$BULKHEAD_VIRTIOFSD ($BULKHEAD_VIRTIOFSD) is not executable" >&2
+            exit 1
+        }
+        return 0
+    fi
+    command -v virtiofsd >/dev/null 2>&1 && return 0
+    for p in "${HOME:-/root}/.cargo/bin/virtiofsd" /usr/libexec/virtiofsd /usr/lib/qemu/virtiofsd; do
+        [ -x "$p" ] && return 0
+    done
+    return 1
+}
+if ! find_virtiofsd; then
+    echo "[deps] building virtiofsd (cargo install virtiofsd, ~3 min)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    for p in libcap-ng-dev libseccomp-dev; do
+        dpkg -s "$p" >/dev/null 2>&1 ||
+            apt-get install -y -q "$p" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && apt-get install -y -q "$p" >/dev/null; }
+    done
+    log=$(mktemp)
+    cargo install virtiofsd --locked --quiet >"$log" 2>&1 || {
+        cat "$log" >&2
+        rm -f "$log"
+        exit 1
+    }
+    rm -f "$log"
+fi

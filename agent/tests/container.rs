@@ -148,7 +148,7 @@ fn writes_go_to_the_scratch_layer() {
     let scratch = spec.storage.scratch.clone().unwrap();
     let out = run(&agent, &spec, b"");
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let upper = std::path::Path::new(scratch.path()).join("upper");
+    let upper = std::path::Path::new(scratch.path().unwrap()).join("upper");
     assert_eq!(
         std::fs::read_to_string(upper.join("root/file")).unwrap(),
         "data\n"

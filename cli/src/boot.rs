@@ -8,7 +8,7 @@ use anyhow::Context;
 use bulkhead_vmm::boot::pvm::PvmCompat;
 use bulkhead_vmm::builder::RestoreConfig;
 use bulkhead_vmm::config::{
-    ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB,
+    ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB, FS_TAG_MAX,
 };
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
@@ -45,8 +45,7 @@ pub struct BootArgs {
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<String>,
     /// virtio-fs device with this tag, served by the vhost-user backend
-    /// (a virtiofsd the caller runs) listening at SOCKET; `TAG` alone is
-    /// an empty slot that `restore --share` can connect.
+    /// listening on SOCKET (e.g. a virtiofsd); no SOCKET: an empty slot.
     #[arg(long = "share", value_name = "TAG[=SOCKET]")]
     shares: Vec<String>,
     #[command(flatten)]
@@ -135,18 +134,19 @@ pub fn parse_disk(spec: &str) -> anyhow::Result<DiskConfig> {
     })
 }
 
-/// `TAG=SOCKET` or `TAG` (an empty slot); the VMM checks the tag.
-fn parse_share(spec: &str) -> FsConfig {
-    match spec.split_once('=') {
-        Some((tag, socket)) => FsConfig {
-            tag: tag.to_string(),
-            socket: Some(socket.into()),
-        },
-        None => FsConfig {
-            tag: spec.to_string(),
-            socket: None,
-        },
-    }
+pub fn parse_share(spec: &str) -> anyhow::Result<FsConfig> {
+    let (tag, socket) = match spec.split_once('=') {
+        Some((t, s)) => (t, Some(PathBuf::from(s))),
+        None => (spec, None),
+    };
+    anyhow::ensure!(
+        !tag.is_empty() && tag.len() <= FS_TAG_MAX && !tag.contains('\0'),
+        "--share {spec}: the tag must be 1 to {FS_TAG_MAX} bytes"
+    );
+    Ok(FsConfig {
+        tag: tag.to_string(),
+        socket,
+    })
 }
 
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
@@ -166,7 +166,11 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| parse_disk(d))
         .collect::<anyhow::Result<_>>()?;
-    config.shares = args.shares.iter().map(|s| parse_share(s)).collect();
+    config.shares = args
+        .shares
+        .iter()
+        .map(|s| parse_share(s))
+        .collect::<anyhow::Result<_>>()?;
     config.vsock = args.vsock.config();
     let (Some(dir), Some(when)) = (args.snapshot_to, args.snapshot_when) else {
         let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;

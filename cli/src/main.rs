@@ -6,6 +6,7 @@ mod image;
 mod logger;
 mod paths;
 mod run;
+mod share;
 mod template;
 
 use std::process::ExitCode;

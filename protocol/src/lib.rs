@@ -38,7 +38,7 @@ pub use message::{
 };
 pub use spec::{
     ContainerSpec, ProcessSpec, Resources, Rlimit, RlimitKind, Source, SpecError, Storage, TtySize,
-    User, Volume,
+    User, Volume, VIRTIOFS_TAG_MAX,
 };
 
 /// The protocol version spoken by this build. Bump it on any incompatible
@@ -46,7 +46,8 @@ pub use spec::{
 ///
 /// 2: `Refresh`/`Refreshed`; `steps` in `Started` and `Exit`; `ShuttingDown`
 /// comes after the volumes are flushed and the VM may be killed at once.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `Source::Virtiofs` (volumes shared from host directories).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -33,7 +33,13 @@ pub enum SpecError {
     BadPath { field: &'static str, path: String },
     #[error("volume destination {0:?} must be an absolute path other than `/`, without `..`")]
     BadVolumeDestination(String),
+    #[error("virtio-fs tag {0:?} must be 1 to {VIRTIOFS_TAG_MAX} bytes without NUL")]
+    BadVirtiofsTag(String),
 }
+
+/// The longest virtio-fs tag: the `tag` field of the device's config
+/// space (virtio spec 5.11.4), which the guest mounts the device by.
+pub const VIRTIOFS_TAG_MAX: usize = 36;
 
 /// Everything the agent needs to build and run one container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +209,10 @@ pub enum Source {
     },
     /// An existing directory (lets the agent run on a host without disks).
     Directory { path: String },
+    /// A virtio-fs device, mounted by its tag: a host directory served by
+    /// a virtiofsd. The guest probes these devices at boot, so there is
+    /// nothing to wait for.
+    Virtiofs { tag: String },
 }
 
 fn default_fs_type() -> String {
@@ -222,9 +232,16 @@ impl Source {
         Source::Directory { path: path.into() }
     }
 
-    pub fn path(&self) -> &str {
+    pub fn virtiofs(tag: impl Into<String>) -> Self {
+        Source::Virtiofs { tag: tag.into() }
+    }
+
+    /// The guest path of a device or directory; a virtio-fs source has
+    /// none, only a tag.
+    pub fn path(&self) -> Option<&str> {
         match self {
-            Source::BlockDevice { path, .. } | Source::Directory { path } => path,
+            Source::BlockDevice { path, .. } | Source::Directory { path } => Some(path),
+            Source::Virtiofs { .. } => None,
         }
     }
 }
@@ -299,13 +316,25 @@ fn is_clean_absolute(path: &str) -> bool {
 }
 
 fn check_source(field: &'static str, source: &Source) -> Result<(), SpecError> {
-    let path = source.path();
+    let path = match source {
+        Source::BlockDevice { path, .. } | Source::Directory { path } => path,
+        Source::Virtiofs { tag } => return check_virtiofs_tag(tag),
+    };
     no_nul(field, path)?;
     if !is_clean_absolute(path) {
         return Err(SpecError::BadPath {
             field,
             path: path.to_string(),
         });
+    }
+    Ok(())
+}
+
+/// The kernel copies the tag out of a fixed 36-byte field and looks it up
+/// as a C string: longer or NUL-holding tags can never match a device.
+fn check_virtiofs_tag(tag: &str) -> Result<(), SpecError> {
+    if tag.is_empty() || tag.len() > VIRTIOFS_TAG_MAX || tag.contains('\0') {
+        return Err(SpecError::BadVirtiofsTag(tag.to_string()));
     }
     Ok(())
 }
@@ -544,6 +573,54 @@ mod tests {
         let mut s = spec(&["true"]);
         s.storage.lower = Source::directory("relative/dir");
         assert!(matches!(s.validate(), Err(SpecError::BadPath { .. })));
+    }
+
+    #[test]
+    fn virtiofs_source_round_trips_with_its_tag() {
+        let mut s = spec(&["true"]);
+        s.storage.volumes.push(Volume {
+            source: Source::virtiofs("share0"),
+            destination: "/srv".into(),
+            read_only: true,
+        });
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#""source":{"type":"virtiofs","tag":"share0"}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ContainerSpec>(&json).unwrap(), s);
+        s.validate().unwrap();
+        assert_eq!(Source::virtiofs("share0").path(), None);
+        assert_eq!(Source::block_device("/dev/vdc").path(), Some("/dev/vdc"));
+    }
+
+    #[test]
+    fn virtiofs_tags_must_fit_the_device_field() {
+        let with_tag = |tag: &str| {
+            let mut s = spec(&["true"]);
+            s.storage.volumes.push(Volume {
+                source: Source::virtiofs(tag),
+                destination: "/srv".into(),
+                read_only: false,
+            });
+            s.validate()
+        };
+        with_tag(&"t".repeat(VIRTIOFS_TAG_MAX)).unwrap();
+        for bad in [
+            String::new(),
+            "t".repeat(VIRTIOFS_TAG_MAX + 1),
+            "a\0b".into(),
+        ] {
+            assert_eq!(
+                with_tag(&bad),
+                Err(SpecError::BadVirtiofsTag(bad.clone())),
+                "{bad:?}"
+            );
+        }
+        // The lower layer may come from a share too.
+        let mut s = spec(&["true"]);
+        s.storage.lower = Source::virtiofs("");
+        assert!(matches!(s.validate(), Err(SpecError::BadVirtiofsTag(_))));
     }
 
     #[test]

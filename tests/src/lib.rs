@@ -288,6 +288,18 @@ impl Root {
         )
     }
 
+    /// Runs `bulkhead ARGS` with stdin from /dev/null and `env` added to
+    /// its environment.
+    pub fn bulkhead_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run::from_output(
+            self.command(args)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .output()
+                .expect("run bulkhead"),
+        )
+    }
+
     /// Runs `bulkhead ARGS` with `input` on stdin.
     pub fn bulkhead_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
         use std::io::Write;

@@ -115,27 +115,36 @@ fn remount_read_only(target: PathBuf) -> FsOp {
     }
 }
 
-/// Makes `source` available as a directory: block devices are mounted at
-/// `mount_point`, directories are used in place.
+/// Makes `source` available as a directory: block devices and virtio-fs
+/// shares are mounted at `mount_point`, directories are used in place.
 fn materialize(
     source: &Source,
     mount_point: PathBuf,
     read_only: bool,
     ops: &mut Vec<FsOp>,
 ) -> PathBuf {
+    let flags = if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
     match source {
         Source::Directory { path } => PathBuf::from(path),
         Source::BlockDevice { path, fs_type } => {
-            let flags = if read_only {
-                MsFlags::MS_RDONLY
-            } else {
-                MsFlags::empty()
-            };
             ops.push(FsOp::AwaitDisk {
                 device: PathBuf::from(path),
             });
             ops.push(mkdir(mount_point.clone()));
             ops.push(fs_mount(path, mount_point.clone(), fs_type, flags, None));
+            mount_point
+        }
+        // No wait: virtio-fs devices are probed at boot (a template's
+        // slots too), and the backend is connected before the vCPUs run.
+        // The host's virtiofsd enforces read-only; MS_RDONLY here makes
+        // writes fail early with EROFS instead of at the backend.
+        Source::Virtiofs { tag } => {
+            ops.push(mkdir(mount_point.clone()));
+            ops.push(fs_mount(tag, mount_point.clone(), "virtiofs", flags, None));
             mount_point
         }
     }
@@ -151,7 +160,7 @@ pub fn writable_volumes(storage: &Storage, layout: &Layout) -> Vec<PathBuf> {
         .filter(|(_, v)| !v.read_only)
         .map(|(i, v)| match &v.source {
             Source::Directory { path } => PathBuf::from(path),
-            Source::BlockDevice { .. } => layout.volume(i),
+            Source::BlockDevice { .. } | Source::Virtiofs { .. } => layout.volume(i),
         })
         .collect()
 }
@@ -501,6 +510,95 @@ mod tests {
             flags: MsFlags::MS_BIND | MsFlags::MS_REC,
             data: None,
         }));
+    }
+
+    #[test]
+    fn virtiofs_volumes_are_mounted_by_tag_without_a_disk_wait() {
+        let storage = Storage {
+            volumes: vec![
+                Volume {
+                    source: Source::virtiofs("share0"),
+                    destination: "/srv".into(),
+                    read_only: true,
+                },
+                Volume {
+                    source: Source::block_device("/dev/vdc"),
+                    destination: "/srv/cache".into(),
+                    read_only: false,
+                },
+                Volume {
+                    source: Source::virtiofs("share1"),
+                    destination: "/out".into(),
+                    read_only: false,
+                },
+            ],
+            ..Storage::default()
+        };
+        let plan = plan(&storage, &layout(), false).unwrap();
+        let share0 = FsOp::Mount {
+            source: Some("share0".into()),
+            target: "/run/bulkhead/c1/volume0".into(),
+            fstype: Some("virtiofs".into()),
+            flags: MsFlags::MS_RDONLY,
+            data: None,
+        };
+        let pos = |op: &FsOp| plan.storage.iter().position(|o| o == op).unwrap();
+        assert!(
+            pos(&mkdir("/run/bulkhead/c1/volume0".into())) < pos(&share0),
+            "{:?}",
+            plan.storage
+        );
+        assert!(plan.storage.contains(&FsOp::Mount {
+            source: Some("share1".into()),
+            target: "/run/bulkhead/c1/volume2".into(),
+            fstype: Some("virtiofs".into()),
+            flags: MsFlags::empty(),
+            data: None,
+        }));
+        let awaited: Vec<_> = plan
+            .storage
+            .iter()
+            .filter_map(|op| match op {
+                FsOp::AwaitDisk { device } => Some(device.display().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(awaited, ["/dev/vda", "/dev/vdb", "/dev/vdc"]);
+
+        // Bound into the container in spec order (a share's subdirectory
+        // volume after the share), the read-only one remounted read-only.
+        let m = mounts(&plan.container);
+        let last: Vec<(&str, &str)> = m[m.len() - 4..]
+            .iter()
+            .map(|(t, f)| (t.as_str(), f.as_str()))
+            .collect();
+        assert_eq!(
+            last,
+            [
+                ("/run/bulkhead/c1/rootfs/srv", "bind"),
+                ("/run/bulkhead/c1/rootfs/srv", "remount"),
+                ("/run/bulkhead/c1/rootfs/srv/cache", "bind"),
+                ("/run/bulkhead/c1/rootfs/out", "bind"),
+            ]
+        );
+        assert!(plan.container.contains(&FsOp::Mount {
+            source: Some("/run/bulkhead/c1/volume0".into()),
+            target: "/run/bulkhead/c1/rootfs/srv".into(),
+            fstype: None,
+            flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+            data: None,
+        }));
+        assert_created_before_mounted(&[], &plan.storage);
+        assert_created_before_mounted(&plan.storage, &plan.container);
+
+        // Shutdown flushes the writable share like a writable disk.
+        assert_eq!(
+            writable_volumes(&storage, &layout()),
+            [
+                PathBuf::from("/run/bulkhead/c1/volume1"),
+                PathBuf::from("/run/bulkhead/c1/volume2"),
+            ]
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `bulkhead run`: a container from an OCI image, in its own microVM.
 //!
-//! image → root disk (cached by digest) → scratch and volume disks → boot
-//! (kernel + agent initramfs) → agent on vsock → container → stdio → exit
-//! status → VM off → the container's exit status is ours.
+//! image → root disk (cached by digest) → scratch and volume disks, a
+//! virtiofsd per shared host directory → boot (kernel + agent initramfs)
+//! → agent on vsock → container → stdio → exit status → VM off → the
+//! container's exit status is ours.
 
+mod mounts;
 mod options;
 pub mod record;
 mod session;
@@ -20,13 +22,15 @@ use bulkhead_protocol::{
     ContainerSpec, ProcessSpec, Resources, Source, Storage, TtySize, User, Volume,
 };
 use bulkhead_rootfs::{ImageRef, RunOverrides, Store};
-use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig};
+use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig};
 use clap::Args;
 
 use crate::paths;
-use crate::template::{self, TemplateSpec, MAX_WARM_VOLUMES};
+use crate::share::{self, HostDir, Shares};
+use crate::template::{self, TemplateSpec, MAX_WARM_SHARES, MAX_WARM_VOLUMES, SHARE_SLOTS};
 use bulkhead_vmm::builder::{BuildError, RestoreConfig};
-use options::{parse_cpus, parse_size, parse_volume, CPU_PERIOD_US};
+use mounts::MountSource;
+use options::{parse_cpus, parse_size, CPU_PERIOD_US};
 pub use session::console_tail;
 use session::{Refresh, Session};
 pub use signals::SignalRouter;
@@ -64,9 +68,14 @@ pub struct RunArgs {
     /// Maximum number of processes.
     #[arg(long)]
     pids_limit: Option<i64>,
-    /// Named volume NAME:/path[:ro] (an ext4 disk kept by bulkhead).
+    /// Named volume NAME:/path[:ro] (an ext4 disk kept by bulkhead), or
+    /// host directory /host/dir:/path[:ro] (shared through virtio-fs).
     #[arg(short = 'v', long = "volume")]
     volumes: Vec<String>,
+    /// type=bind,source=/host/dir,target=/path[,readonly] or
+    /// type=volume,source=NAME,target=/path[,readonly].
+    #[arg(long = "mount", value_name = "SPEC")]
+    mounts: Vec<String>,
     /// Keep stdin open and forward it.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -149,8 +158,8 @@ impl Timings {
     }
 }
 
-/// A per-run directory for the scratch disk, vsock socket and console log;
-/// removed however the run ends.
+/// A per-run directory for the scratch disk, vsock socket, console log and
+/// the virtiofsd sockets and logs; removed however the run ends.
 struct RunDir(PathBuf);
 
 impl RunDir {
@@ -196,11 +205,22 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         .transpose()
         .context("invalid --memory")?;
     let cpu_quota = args.cpus.as_deref().map(parse_cpus).transpose()?;
-    let volumes = args
-        .volumes
+    let mounts = mounts::parse_all(&args.volumes, &args.mounts)?;
+    let host_dirs: Vec<HostDir> = mounts
         .iter()
-        .map(|v| parse_volume(v))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .filter_map(|m| match &m.source {
+            MountSource::HostDir(path) => Some(HostDir {
+                path: path.clone(),
+                read_only: m.read_only,
+            }),
+            MountSource::Volume(_) => None,
+        })
+        .collect();
+    let virtiofsd = if host_dirs.is_empty() {
+        None
+    } else {
+        Some(share::locate()?)
+    };
     if let Some(h) = &args.hostname {
         if h.is_empty() || h.len() > 64 {
             bail!("invalid --hostname {h:?}");
@@ -246,23 +266,44 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         },
     ];
     let mut spec_volumes = Vec::new();
-    for (i, v) in volumes.iter().enumerate() {
-        let path = store
-            .ensure_volume(&v.name, None)
-            .with_context(|| format!("cannot create volume {}", v.name))?;
-        // Read-write even for `:ro`: ext4 may have to replay its journal
-        // when mounted; the agent mounts it read-only for the container.
-        disks.push(DiskConfig {
-            path,
-            read_only: false,
-        });
+    let mut shares_given = 0;
+    for m in &mounts {
+        let source = match &m.source {
+            MountSource::Volume(name) => {
+                let path = store
+                    .ensure_volume(name, None)
+                    .with_context(|| format!("cannot create volume {name}"))?;
+                // Read-write even for `:ro`: ext4 may have to replay its
+                // journal when mounted; the agent mounts it read-only for
+                // the container.
+                disks.push(DiskConfig {
+                    path,
+                    read_only: false,
+                });
+                Source::block_device(guest_disk(disks.len() - 1)?)
+            }
+            MountSource::HostDir(_) => {
+                shares_given += 1;
+                Source::virtiofs(share::tag(shares_given - 1))
+            }
+        };
         spec_volumes.push(Volume {
-            source: Source::block_device(guest_disk(2 + i)?),
-            destination: v.destination.clone(),
-            read_only: v.read_only,
+            source,
+            destination: m.destination.clone(),
+            read_only: m.read_only,
         });
     }
+    // The agent mounts volumes in spec order: a volume nested in another
+    // (a disk at /srv/cache in a share at /srv) must come after it.
+    spec_volumes.sort_by_key(|v| Path::new(&v.destination).components().count());
+    let named_volumes = disks.len() - 2;
     let initramfs = paths::agent_initramfs(&agent)?;
+    // Locals drop in reverse: the daemons outlive the VM they serve, and
+    // their sockets go before the run directory.
+    let mut shares = match &virtiofsd {
+        Some(program) => Shares::start(program, &host_dirs, &run_dir.0)?,
+        None => Shares::default(),
+    };
     timings.mark(record::mark::DISKS);
 
     let mut process_spec = ProcessSpec::new(process.args);
@@ -303,25 +344,42 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
             .map_or(DEFAULT_VM_MIB, |m| ((m as u64) >> 20) + VM_OVERHEAD_MIB)
             .max(DEFAULT_VM_MIB),
         disks,
+        shares: shares.sockets(),
         uds: run_dir.0.join("vsock.sock"),
         console_log: run_dir.0.join("console.log"),
     };
-    let warm = !args.cold && spec.storage.volumes.len() <= MAX_WARM_VOLUMES;
-    if !args.cold && !warm {
+    let warm =
+        !args.cold && named_volumes <= MAX_WARM_VOLUMES && host_dirs.len() <= MAX_WARM_SHARES;
+    if !args.cold && named_volumes > MAX_WARM_VOLUMES {
         eprintln!("bulkhead: more than {MAX_WARM_VOLUMES} volumes: booting instead of restoring");
+    } else if !args.cold && !warm {
+        eprintln!(
+            "bulkhead: more than {MAX_WARM_SHARES} host directories: booting instead of restoring"
+        );
     }
     let (uds, console_log, guest_mib) = (plan.uds.clone(), plan.console_log.clone(), plan.mem_mib);
-    let (vm, boot) = if warm {
-        start_warm(&plan, &|stop| router.set_vm(stop))?
+    let started = if warm {
+        start_warm(&plan, &mut shares, &|stop| router.set_vm(stop))
     } else {
-        (start_cold(plan)?, Boot::Cold)
+        start_cold(plan).map(|vm| (vm, Boot::Cold))
     };
+    // A virtiofsd that died makes the VM fail to connect (or its guest
+    // hang): its own message says why.
+    let (vm, boot) = match started {
+        Ok(started) => started,
+        Err(e) => return Err(shares.failure().map_or(e, Into::into)),
+    };
+    if let Some(e) = shares.failure() {
+        return Err(e.into());
+    }
+    let stop = vm.stop_handle();
+    shares.watch(move || stop.stop());
     router.set_vm(vm.stop_handle());
     timings.mark(record::mark::VM_BUILD);
 
     let stream = match session::connect_agent(&uds, &vm) {
         Ok(s) => s,
-        Err(e) => return Err(guest_failure(e, vm, &console_log)),
+        Err(e) => return Err(guest_failure(e, vm, &console_log, &mut shares)),
     };
     timings.mark(record::mark::AGENT_CONNECTED);
 
@@ -336,7 +394,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     };
     let mut session = match Session::start(stream, &spec, refresh) {
         Ok(s) => s,
-        Err(e) => return Err(guest_failure(e, vm, &console_log)),
+        Err(e) => return Err(guest_failure(e, vm, &console_log, &mut shares)),
     };
     timings.mark(record::mark::CONTAINER_STARTED);
     let writer = session.writer();
@@ -351,7 +409,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     let status = session.pump_output(|| first_output = Some(Instant::now()));
     let status = match status {
         Ok(s) => s,
-        Err(e) => return Err(guest_failure(e, vm, &console_log)),
+        Err(e) => return Err(guest_failure(e, vm, &console_log, &mut shares)),
     };
     timings.mark(record::mark::EXITED);
     // While the guest still holds all it touched.
@@ -432,6 +490,8 @@ struct VmPlan {
     mem_mib: u64,
     /// Image (read-only), scratch, volumes: vda, vdb, vdc...
     disks: Vec<DiskConfig>,
+    /// The listening virtiofsd socket of each share, in tag order.
+    shares: Vec<PathBuf>,
     uds: PathBuf,
     console_log: PathBuf,
 }
@@ -463,13 +523,26 @@ fn start_cold(plan: VmPlan) -> anyhow::Result<RunningVm> {
     config.console = console_file(&plan.console_log)?;
     config.vsock = Some(vsock_config(&plan));
     config.disks = plan.disks;
+    config.shares = plan
+        .shares
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| FsConfig {
+            tag: share::tag(i),
+            socket: Some(socket),
+        })
+        .collect();
     RunningVm::start(config).context("cannot start the microVM")
 }
 
 /// Restores the template for this VM's shape (made on first use) with the
-/// run's disks in its slots; a template that cannot be restored is made
-/// again, once.
-fn start_warm(plan: &VmPlan, on_boot: template::OnBoot<'_>) -> anyhow::Result<(RunningVm, Boot)> {
+/// run's disks and shares in its slots; a template that cannot be
+/// restored is made again, once.
+fn start_warm(
+    plan: &VmPlan,
+    shares: &mut Shares,
+    on_boot: template::OnBoot<'_>,
+) -> anyhow::Result<(RunningVm, Boot)> {
     let spec = TemplateSpec {
         kernel: plan.kernel.clone(),
         initramfs: plan.initramfs.clone(),
@@ -483,13 +556,17 @@ fn start_warm(plan: &VmPlan, on_boot: template::OnBoot<'_>) -> anyhow::Result<(R
             console: console_file(&plan.console_log)?,
             disks: plan.disks.iter().cloned().map(Some).collect(),
             vsock: Some(vsock_config(plan)),
-            shares: Vec::new(),
+            shares: (0..SHARE_SLOTS)
+                .map(|i| plan.shares.get(i).cloned())
+                .collect(),
         })?)
     };
     let vm = match restore(&tpl.dir) {
         Ok(vm) => vm,
         Err(e) if is_template_fault(&e) => {
             tpl = template::rebuild(&spec, &tpl, &format!("{e:#}"), on_boot)?;
+            // The failed restore may have connected to them.
+            shares.restart()?;
             restore(&tpl.dir).context("cannot restore the rebuilt template")?
         }
         Err(e) => return Err(e.context("cannot restore the microVM")),
@@ -531,9 +608,18 @@ fn run_id(dir: &Path) -> String {
 }
 
 /// Explains a VM that died or an agent that never answered, with the end
-/// of the guest console (where the kernel says why).
-fn guest_failure(e: anyhow::Error, vm: RunningVm, console_log: &Path) -> anyhow::Error {
+/// of the guest console (where the kernel says why); or, if a virtiofsd
+/// died, with what it said (the guest only saw its files go away).
+fn guest_failure(
+    e: anyhow::Error,
+    vm: RunningVm,
+    console_log: &Path,
+    shares: &mut Shares,
+) -> anyhow::Error {
     let ended = vm.finish(Duration::from_millis(500));
+    if let Some(failed) = shares.failure() {
+        return failed.into();
+    }
     let tail = session::console_tail(console_log, 15);
     let mut msg = format!("{e:#}");
     if let Err(vm_err) = ended {

@@ -1,4 +1,4 @@
-//! Docker's option syntax: sizes, CPU counts, volumes.
+//! Docker's option syntax: sizes and CPU counts (mounts: `mounts`).
 
 use anyhow::{bail, Context};
 
@@ -38,42 +38,6 @@ pub fn parse_cpus(s: &str) -> anyhow::Result<i64> {
     Ok((n * CPU_PERIOD_US as f64).round() as i64)
 }
 
-/// `-v NAME:/path[:ro|rw]`: a named volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeArg {
-    pub name: String,
-    pub destination: String,
-    pub read_only: bool,
-}
-
-pub fn parse_volume(s: &str) -> anyhow::Result<VolumeArg> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let (name, dest, mode) = match parts.as_slice() {
-        [n, d] => (*n, *d, None),
-        [n, d, m] => (*n, *d, Some(*m)),
-        _ => bail!("invalid volume {s:?} (expected NAME:/path[:ro])"),
-    };
-    if name.starts_with('/') || name.starts_with('.') {
-        bail!(
-            "invalid volume {s:?}: bind mounts of host paths are not supported, only named volumes"
-        );
-    }
-    bulkhead_rootfs::validate_volume_name(name).with_context(|| format!("invalid volume {s:?}"))?;
-    if !dest.starts_with('/') || dest == "/" {
-        bail!("invalid volume {s:?}: the container path must be absolute and not /");
-    }
-    let read_only = match mode {
-        None | Some("rw") => false,
-        Some("ro") => true,
-        Some(m) => bail!("invalid volume {s:?}: unknown mode {m:?} (expected ro or rw)"),
-    };
-    Ok(VolumeArg {
-        name: name.to_string(),
-        destination: dest.to_string(),
-        read_only,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,23 +60,5 @@ mod tests {
         assert_eq!(parse_cpus("2").unwrap(), 200_000);
         assert!(parse_cpus("0").is_err());
         assert!(parse_cpus("x").is_err());
-    }
-
-    #[test]
-    fn volumes() {
-        assert_eq!(
-            parse_volume("data:/data:ro").unwrap(),
-            VolumeArg {
-                name: "data".into(),
-                destination: "/data".into(),
-                read_only: true
-            }
-        );
-        assert!(!parse_volume("data:/data").unwrap().read_only);
-        assert!(parse_volume("/host:/data").is_err());
-        assert!(parse_volume("data:rel").is_err());
-        assert!(parse_volume("data:/").is_err());
-        assert!(parse_volume("data:/x:rx").is_err());
-        assert!(parse_volume("data").is_err());
     }
 }

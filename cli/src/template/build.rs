@@ -1,16 +1,18 @@
-//! Making a template: boot the guest with empty disk slots, wait for the
-//! agent's ready line, snapshot, and move the result into place.
+//! Making a template: boot the guest with empty disk and virtio-fs slots,
+//! wait for the agent's ready line, snapshot, and move the result into
+//! place.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bulkhead_vmm::config::{ConsoleOutput, VmConfig, VsockConfig};
+use bulkhead_vmm::config::{ConsoleOutput, FsConfig, VmConfig, VsockConfig};
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
 use super::ready::ReadyWatcher;
-use super::{OnBoot, TemplateMeta, TemplateSpec, DISK_SLOTS, META_FILE};
+use super::{OnBoot, TemplateMeta, TemplateSpec, DISK_SLOTS, META_FILE, SHARE_SLOTS};
+use crate::share;
 
 /// Boots on PVM hosts take tens of seconds; on real hosts well under one.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -90,6 +92,14 @@ fn boot_and_snapshot(
     config.mem_mib = spec.mem_mib;
     config.vcpus = spec.vcpus;
     config.empty_disk_slots = DISK_SLOTS;
+    // The guest probes them at boot, with their tags; a run gives them
+    // backends at restore.
+    config.shares = (0..SHARE_SLOTS)
+        .map(|i| FsConfig {
+            tag: share::tag(i),
+            socket: None,
+        })
+        .collect();
     config.vsock = Some(VsockConfig {
         cid: 3,
         uds_path: work.join("vsock.sock"),

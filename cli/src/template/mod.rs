@@ -2,9 +2,9 @@
 //! `bulkhead run` restores one instead of booting a kernel.
 //!
 //! A template depends only on what shapes the booted guest — kernel, agent
-//! initramfs, vCPUs, memory size, the VMM build — never on the image or
-//! volumes: its block devices are empty slots that each run fills at
-//! restore. Templates live in `<root>/templates/<key>/` (`state`, `memory`,
+//! initramfs, vCPUs, memory size, the VMM build — never on the image,
+//! volumes or shared directories: its block and virtio-fs devices are
+//! empty slots that each run fills at restore. Templates live in `<root>/templates/<key>/` (`state`, `memory`,
 //! `template.json`), are made on first use under a lock, and are only ever
 //! read afterwards, so any number of runs can restore one at once.
 
@@ -26,6 +26,11 @@ use crate::paths;
 pub const DISK_SLOTS: usize = 8;
 /// Volumes a warm run can attach (the rest of the slots).
 pub const MAX_WARM_VOLUMES: usize = DISK_SLOTS - 2;
+/// virtio-fs slots every template has, tagged `share0`, `share1`, …; a
+/// run connects its virtiofsd sockets to the first ones.
+pub const SHARE_SLOTS: usize = 4;
+/// Host directories a warm run can share.
+pub const MAX_WARM_SHARES: usize = SHARE_SLOTS;
 
 const META_FILE: &str = "template.json";
 
@@ -95,7 +100,8 @@ impl TemplateSpec {
     /// The key naming this template: a digest of everything that shapes it.
     pub fn key(&self) -> anyhow::Result<String> {
         let text = format!(
-            "kernel {}\ninitramfs {}\nvcpus {}\nmem {}\nslots {DISK_SLOTS}\npvm {}\nvmm {}\n",
+            "kernel {}\ninitramfs {}\nvcpus {}\nmem {}\nslots {DISK_SLOTS}\nfs_slots {SHARE_SLOTS}\n\
+             pvm {}\nvmm {}\n",
             file_identity(&self.kernel)?,
             content_named_identity(&self.initramfs)?,
             self.vcpus,
