@@ -233,6 +233,8 @@ fn two_shares_and_a_volume_nested() {
     let (outer, inner) = (share_dir(), share_dir());
     std::fs::write(outer.path().join("from-outer"), "outer\n").unwrap();
     std::fs::write(inner.path().join("from-inner"), "inner\n").unwrap();
+    // The volume's mount point: a read-only share cannot get one made.
+    std::fs::create_dir(inner.path().join("vol")).unwrap();
     let mount_inner = format!("type=bind,src={},dst=/a/b,readonly", inner.path().display());
     let v_outer = volume_arg(outer.path(), "/a", "");
     let run = root.bulkhead(&[

@@ -40,6 +40,9 @@ use vm::RunningVm;
 const VM_OVERHEAD_MIB: u64 = 64;
 const DEFAULT_VM_MIB: u64 = 128;
 const SCRATCH_MIB: u64 = 1024;
+/// How long a failed run waits for a dying virtiofsd's exit status, to
+/// blame it rather than what its death broke.
+const SHARE_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Args, Debug)]
 #[command(trailing_var_arg = true)]
@@ -367,7 +370,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     // hang): its own message says why.
     let (vm, boot) = match started {
         Ok(started) => started,
-        Err(e) => return Err(shares.failure().map_or(e, Into::into)),
+        Err(e) => return Err(shares.failure_within(SHARE_GRACE).map_or(e, Into::into)),
     };
     if let Some(e) = shares.failure() {
         return Err(e.into());
@@ -617,7 +620,7 @@ fn guest_failure(
     shares: &mut Shares,
 ) -> anyhow::Error {
     let ended = vm.finish(Duration::from_millis(500));
-    if let Some(failed) = shares.failure() {
+    if let Some(failed) = shares.failure_within(SHARE_GRACE) {
         return failed.into();
     }
     let tail = session::console_tail(console_log, 15);

@@ -12,6 +12,7 @@ mod virtiofsd;
 mod watch;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -126,6 +127,22 @@ impl Shares {
         self.daemons.iter_mut().find_map(|d| d.failure())
     }
 
+    /// [`failure`](Self::failure), waiting up to `grace` for one: for when
+    /// something else has already failed, maybe because a daemon is dying
+    /// (its socket closes a moment before its exit status is there).
+    pub fn failure_within(&mut self, grace: Duration) -> Option<ShareError> {
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(f) = self.failure() {
+                return Some(f);
+            }
+            if self.daemons.is_empty() || Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Calls `on_exit` once, from another thread, as soon as any daemon
     /// exits while the shares are held: the guest cannot go on without
     /// its files, and a dead backend would leave its requests unanswered.
@@ -145,7 +162,6 @@ impl Shares {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use std::time::{Duration, Instant};
 
     /// A stand-in virtiofsd: a shell script, so these tests need neither
     /// virtiofsd nor root.
@@ -200,7 +216,7 @@ exec sleep 1000"#,
             assert!(args.contains(want), "{args}");
         }
         assert!(run.path().join("fake-virtiofsd.fd").exists(), "no socket");
-        assert!(shares.failure().is_none());
+        assert!(shares.failure_within(Duration::from_millis(50)).is_none());
         assert!(alive(pid));
         drop(shares);
         assert!(!alive(pid), "the daemon outlived its guard");
@@ -219,14 +235,9 @@ exec sleep 1000"#,
         let shared = tempfile::tempdir().unwrap();
         let dirs = [host_dir(shared.path()), host_dir(shared.path())];
         let mut shares = Shares::start(&program, &dirs, run.path()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let failure = loop {
-            if let Some(f) = shares.failure() {
-                break f;
-            }
-            assert!(Instant::now() < deadline, "the daemon never exited");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let failure = shares
+            .failure_within(Duration::from_secs(10))
+            .expect("the daemon never exited");
         assert_eq!(
             failure.to_string(),
             format!(
@@ -287,6 +298,30 @@ exec sleep 1000"#,
         });
         drop(shares);
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    }
+
+    /// What a `kill -9` of bulkhead does to its daemons, without killing
+    /// the test: the parent-death signal fires when the thread that forked
+    /// the child ends, and no guard is left to stop it.
+    #[test]
+    fn a_daemon_dies_with_its_parent_even_unguarded() {
+        let run = tempfile::tempdir().unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        let program = script(run.path(), "exec sleep 1000");
+        let (run_dir, dir) = (run.path().to_path_buf(), host_dir(shared.path()));
+        let pid = std::thread::spawn(move || {
+            let mut shares = Shares::start(&program, &[dir], &run_dir).unwrap();
+            let pid = shares.daemons[0].running_pid().unwrap();
+            std::mem::forget(shares);
+            pid
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "the daemon outlived its parent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The real daemon, where there is one and we may sandbox it.
