@@ -126,7 +126,12 @@ fn one_round(
             (LIST, "list", &second),
         ] {
             let secs = seconds(out, &format!("{dir}:{key}"))?;
-            results.record(System::BulkheadWarm, &metric(storage, step), Unit::Ms, secs * 1e3);
+            results.record(
+                System::BulkheadWarm,
+                &metric(storage, step),
+                Unit::Ms,
+                secs * 1e3,
+            );
             line += &format!("{dir} {key} {:.0} ms, ", secs * 1e3);
         }
     }
@@ -185,7 +190,12 @@ fn seconds(out: &str, name: &str) -> anyhow::Result<f64> {
     out.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("the guest did not time {name}: {}", tail(out.as_bytes(), 10)))
+        .with_context(|| {
+            format!(
+                "the guest did not time {name}: {}",
+                tail(out.as_bytes(), 10)
+            )
+        })
 }
 
 #[cfg(test)]
@@ -203,7 +213,10 @@ mod tests {
                 assert!(second.contains(&format!("io: {dir}:{key} %e")), "{second}");
             }
         }
-        assert_eq!(seconds("x\nio: /vol:read 1.25\n", "/vol:read").unwrap(), 1.25);
+        assert_eq!(
+            seconds("x\nio: /vol:read 1.25\n", "/vol:read").unwrap(),
+            1.25
+        );
         assert!(seconds("io: /vol:read\n", "/vol:read").is_err());
     }
 }
