@@ -9,13 +9,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-    MemoryRegionAddress,
-};
-
-use crate::vstate::memory::ram_regions;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 const PAGE: usize = 4096;
 /// Memory is copied out in chunks of this size.
@@ -38,10 +32,8 @@ pub enum MemoryFileError {
     #[error("cannot map guest memory file {}: {source}", .path.display())]
     Map {
         path: PathBuf,
-        source: vm_memory::mmap::MmapRegionError,
+        source: crate::vstate::memory::MapFileError,
     },
-    #[error("cannot lay out restored guest memory: {0}")]
-    Layout(vm_memory::GuestRegionCollectionError),
     #[error(transparent)]
     Shared(#[from] crate::vstate::memory::MemoryError),
     #[error("cannot copy guest memory from {}: {source}", .path.display())]
@@ -208,32 +200,15 @@ pub fn restore_memory_shared(path: &Path, size: u64) -> Result<GuestMemoryMmap, 
 }
 
 /// Maps the memory file at `path` as guest memory of `size` bytes, laid
-/// out as [`ram_regions`] lays out a fresh VM.
+/// out as [`crate::vstate::memory::ram_regions`] lays out a fresh VM.
 pub fn restore_memory(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemoryFileError> {
     let file = open_memory_file(path, size)?;
-    let mut regions = Vec::new();
-    let mut offset = 0u64;
-    for (start, len) in ram_regions(size) {
-        let fd = file.try_clone().map_err(|source| MemoryFileError::Open {
+    crate::vstate::memory::map_file(&file, size, libc::MAP_PRIVATE).map_err(|source| {
+        MemoryFileError::Map {
             path: path.to_path_buf(),
             source,
-        })?;
-        let mapping = MmapRegionBuilder::new(len)
-            .with_file_offset(FileOffset::new(fd, offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|source| MemoryFileError::Map {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let region = GuestRegionMmap::new(mapping, start).ok_or(MemoryFileError::Layout(
-            vm_memory::GuestRegionCollectionError::NoMemoryRegion,
-        ))?;
-        regions.push(region);
-        offset += len as u64;
-    }
-    GuestMemoryMmap::from_regions(regions).map_err(MemoryFileError::Layout)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -18,9 +18,7 @@ pub enum MemoryError {
     #[error("cannot create a shareable memory file of {0} MiB for guest memory: {1}")]
     Memfd(u64, #[source] io::Error),
     #[error("cannot map the shareable guest memory file: {0}")]
-    MapShared(#[source] vm_memory::mmap::MmapRegionError),
-    #[error("cannot lay out guest memory: {0}")]
-    Layout(#[source] vm_memory::GuestRegionCollectionError),
+    MapShared(#[source] MapFileError),
 }
 
 /// The (guest address, size) regions for `size` bytes of RAM.
@@ -44,25 +42,39 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 /// region carries its [`FileOffset`], which is what the backend is told.
 pub fn create_shared_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let file = memfd(size).map_err(|e| MemoryError::Memfd(size >> 20, e))?;
+    map_file(&file, size, libc::MAP_SHARED).map_err(MemoryError::MapShared)
+}
+
+/// Why a file could not be mapped as guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MapFileError {
+    #[error("cannot duplicate its descriptor: {0}")]
+    Dup(#[source] io::Error),
+    #[error(transparent)]
+    Map(#[from] vm_memory::mmap::MmapRegionError),
+    #[error("cannot lay out guest memory: {0}")]
+    Layout(#[from] vm_memory::GuestRegionCollectionError),
+}
+
+/// Maps `size` bytes of `file` as guest RAM laid out by [`ram_regions`],
+/// each region at its own offset of the file and carrying its
+/// [`FileOffset`]; `flags` is `MAP_SHARED` or `MAP_PRIVATE`.
+pub fn map_file(file: &File, size: u64, flags: i32) -> Result<GuestMemoryMmap, MapFileError> {
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (start, len) in ram_regions(size) {
-        let fd = file
-            .try_clone()
-            .map_err(|e| MemoryError::Memfd(size >> 20, e))?;
+        let fd = file.try_clone().map_err(MapFileError::Dup)?;
         let mapping = MmapRegionBuilder::new(len)
             .with_file_offset(FileOffset::new(fd, offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-            .build()
-            .map_err(MemoryError::MapShared)?;
-        let region = GuestRegionMmap::new(mapping, start).ok_or(MemoryError::Layout(
-            vm_memory::GuestRegionCollectionError::NoMemoryRegion,
-        ))?;
+            .with_mmap_flags(flags | libc::MAP_NORESERVE)
+            .build()?;
+        let region = GuestRegionMmap::new(mapping, start)
+            .ok_or(vm_memory::GuestRegionCollectionError::NoMemoryRegion)?;
         regions.push(region);
         offset += len as u64;
     }
-    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)
+    Ok(GuestMemoryMmap::from_regions(regions)?)
 }
 
 /// An anonymous memory file of `size` bytes, all holes until touched.
