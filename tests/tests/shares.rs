@@ -309,6 +309,12 @@ fn killing_bulkhead_leaves_no_virtiofsd() {
         stderr: String::new(),
     };
     assert_no_virtiofsd(share.path(), &run);
+    // The killed run could not remove its directory (sockets, logs, disks):
+    // the next run sweeps it.
+    assert!(!root.leftover_runs().is_empty(), "nothing left to sweep?");
+    let next = root.bulkhead(&["run", "busybox", "true"]);
+    assert_eq!(next.code, Some(0), "{next:?}");
+    root.assert_clean(&next);
 }
 
 #[test]

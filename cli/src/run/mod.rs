@@ -8,6 +8,7 @@
 mod mounts;
 mod options;
 pub mod record;
+mod run_dir;
 mod session;
 mod signals;
 mod tty;
@@ -31,6 +32,7 @@ use crate::template::{self, TemplateSpec, MAX_WARM_SHARES, MAX_WARM_VOLUMES, SHA
 use bulkhead_vmm::builder::{BuildError, RestoreConfig};
 use mounts::MountSource;
 use options::{parse_cpus, parse_size, CPU_PERIOD_US};
+use run_dir::RunDir;
 pub use session::console_tail;
 use session::{Refresh, Session};
 pub use signals::SignalRouter;
@@ -161,29 +163,6 @@ impl Timings {
     }
 }
 
-/// A per-run directory for the scratch disk, vsock socket, console log and
-/// the virtiofsd sockets and logs; removed however the run ends.
-struct RunDir(PathBuf);
-
-impl RunDir {
-    fn create() -> anyhow::Result<RunDir> {
-        let base = paths::root().join("run");
-        std::fs::create_dir_all(&base)
-            .with_context(|| format!("cannot create {}", base.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("c-")
-            .tempdir_in(&base)
-            .with_context(|| format!("cannot create a run directory in {}", base.display()))?;
-        Ok(RunDir(dir.keep()))
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs the container; errors of bulkhead itself exit 125, like Docker.
 pub fn run(args: RunArgs) -> ExitCode {
     match run_container(args) {
@@ -256,7 +235,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     timings.mark(record::mark::IMAGE);
 
     let run_dir = RunDir::create()?;
-    let scratch = run_dir.0.join("scratch.ext4");
+    let scratch = run_dir.path().join("scratch.ext4");
     bulkhead_rootfs::scratch_disk(&scratch, SCRATCH_MIB).context("cannot make the scratch disk")?;
     let mut disks = vec![
         DiskConfig {
@@ -304,7 +283,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     // Locals drop in reverse: the daemons outlive the VM they serve, and
     // their sockets go before the run directory.
     let mut shares = match &virtiofsd {
-        Some(program) => Shares::start(program, &host_dirs, &run_dir.0)?,
+        Some(program) => Shares::start(program, &host_dirs, run_dir.path())?,
         None => Shares::default(),
     };
     timings.mark(record::mark::DISKS);
@@ -321,7 +300,10 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
     if args.tty {
         process_spec.console_size = tty::size().map(|(rows, cols)| TtySize { rows, cols });
     }
-    let hostname = args.hostname.clone().unwrap_or_else(|| run_id(&run_dir.0));
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(|| run_id(run_dir.path()));
     let spec = ContainerSpec {
         process: process_spec,
         hostname: Some(hostname),
@@ -348,8 +330,8 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
             .max(DEFAULT_VM_MIB),
         disks,
         shares: shares.sockets(),
-        uds: run_dir.0.join("vsock.sock"),
-        console_log: run_dir.0.join("console.log"),
+        uds: run_dir.path().join("vsock.sock"),
+        console_log: run_dir.path().join("console.log"),
     };
     let warm =
         !args.cold && named_volumes <= MAX_WARM_VOLUMES && host_dirs.len() <= MAX_WARM_SHARES;
