@@ -188,16 +188,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         .context("invalid --memory")?;
     let cpu_quota = args.cpus.as_deref().map(parse_cpus).transpose()?;
     let mounts = mounts::parse_all(&args.volumes, &args.mounts)?;
-    let host_dirs: Vec<HostDir> = mounts
-        .iter()
-        .filter_map(|m| match &m.source {
-            MountSource::HostDir(path) => Some(HostDir {
-                path: path.clone(),
-                read_only: m.read_only,
-            }),
-            MountSource::Volume(_) => None,
-        })
-        .collect();
+    let host_dirs = host_dirs(&mounts);
     let virtiofsd = if host_dirs.is_empty() {
         None
     } else {
@@ -247,37 +238,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
             read_only: false,
         },
     ];
-    let mut spec_volumes = Vec::new();
-    let mut shares_given = 0;
-    for m in &mounts {
-        let source = match &m.source {
-            MountSource::Volume(name) => {
-                let path = store
-                    .ensure_volume(name, None)
-                    .with_context(|| format!("cannot create volume {name}"))?;
-                // Read-write even for `:ro`: ext4 may have to replay its
-                // journal when mounted; the agent mounts it read-only for
-                // the container.
-                disks.push(DiskConfig {
-                    path,
-                    read_only: false,
-                });
-                Source::block_device(guest_disk(disks.len() - 1)?)
-            }
-            MountSource::HostDir(_) => {
-                shares_given += 1;
-                Source::virtiofs(share::tag(shares_given - 1))
-            }
-        };
-        spec_volumes.push(Volume {
-            source,
-            destination: m.destination.clone(),
-            read_only: m.read_only,
-        });
-    }
-    // The agent mounts volumes in spec order: a volume nested in another
-    // (a disk at /srv/cache in a share at /srv) must come after it.
-    spec_volumes.sort_by_key(|v| Path::new(&v.destination).components().count());
+    let spec_volumes = attach_mounts(&mounts, &store, &mut disks)?;
     let named_volumes = disks.len() - 2;
     let initramfs = paths::agent_initramfs(&agent)?;
     // Locals drop in reverse: the daemons outlive the VM they serve, and
@@ -333,15 +294,7 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         uds: run_dir.path().join("vsock.sock"),
         console_log: run_dir.path().join("console.log"),
     };
-    let warm =
-        !args.cold && named_volumes <= MAX_WARM_VOLUMES && host_dirs.len() <= MAX_WARM_SHARES;
-    if !args.cold && named_volumes > MAX_WARM_VOLUMES {
-        eprintln!("bulkhead: more than {MAX_WARM_VOLUMES} volumes: booting instead of restoring");
-    } else if !args.cold && !warm {
-        eprintln!(
-            "bulkhead: more than {MAX_WARM_SHARES} host directories: booting instead of restoring"
-        );
-    }
+    let warm = !args.cold && fits_a_template(named_volumes, host_dirs.len());
     let (uds, console_log, guest_mib) = (plan.uds.clone(), plan.console_log.clone(), plan.mem_mib);
     let started = if warm {
         start_warm(&plan, &mut shares, &|stop| router.set_vm(stop))
@@ -454,6 +407,78 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(status.code().clamp(0, 255) as u8)
+}
+
+/// The host directories among `mounts`, in order: one virtiofsd each.
+fn host_dirs(mounts: &[mounts::MountArg]) -> Vec<HostDir> {
+    mounts
+        .iter()
+        .filter_map(|m| match &m.source {
+            MountSource::HostDir(path) => Some(HostDir {
+                path: path.clone(),
+                read_only: m.read_only,
+            }),
+            MountSource::Volume(_) => None,
+        })
+        .collect()
+}
+
+/// The container's volumes for `mounts`: each named volume's disk is
+/// appended to `disks` (vdc, vdd, …), each host directory is the next
+/// virtio-fs tag. Outermost first, as the agent mounts them in order.
+fn attach_mounts(
+    mounts: &[mounts::MountArg],
+    store: &Store,
+    disks: &mut Vec<DiskConfig>,
+) -> anyhow::Result<Vec<Volume>> {
+    let mut volumes = Vec::new();
+    let mut shares_given = 0;
+    for m in mounts {
+        let source = match &m.source {
+            MountSource::Volume(name) => {
+                let path = store
+                    .ensure_volume(name, None)
+                    .with_context(|| format!("cannot create volume {name}"))?;
+                // Read-write even for `:ro`: ext4 may have to replay its
+                // journal when mounted; the agent mounts it read-only for
+                // the container.
+                disks.push(DiskConfig {
+                    path,
+                    read_only: false,
+                });
+                Source::block_device(guest_disk(disks.len() - 1)?)
+            }
+            MountSource::HostDir(_) => {
+                shares_given += 1;
+                Source::virtiofs(share::tag(shares_given - 1))
+            }
+        };
+        volumes.push(Volume {
+            source,
+            destination: m.destination.clone(),
+            read_only: m.read_only,
+        });
+    }
+    // A volume nested in another (a disk at /srv/cache in a share at /srv)
+    // must come after it.
+    volumes.sort_by_key(|v| Path::new(&v.destination).components().count());
+    Ok(volumes)
+}
+
+/// Whether a template has slots for this many volumes and shares; says
+/// why not when it has not.
+fn fits_a_template(named_volumes: usize, shares: usize) -> bool {
+    if named_volumes > MAX_WARM_VOLUMES {
+        eprintln!("bulkhead: more than {MAX_WARM_VOLUMES} volumes: booting instead of restoring");
+        return false;
+    }
+    if shares > MAX_WARM_SHARES {
+        eprintln!(
+            "bulkhead: more than {MAX_WARM_SHARES} host directories: booting instead of restoring"
+        );
+        return false;
+    }
+    true
 }
 
 /// The guest's own account of the container's steps (agent clock).

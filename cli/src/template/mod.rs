@@ -4,9 +4,10 @@
 //! A template depends only on what shapes the booted guest — kernel, agent
 //! initramfs, vCPUs, memory size, the VMM build — never on the image,
 //! volumes or shared directories: its block and virtio-fs devices are
-//! empty slots that each run fills at restore. Templates live in `<root>/templates/<key>/` (`state`, `memory`,
-//! `template.json`), are made on first use under a lock, and are only ever
-//! read afterwards, so any number of runs can restore one at once.
+//! empty slots that each run fills at restore. Templates live in
+//! `<root>/templates/<key>/` (`state`, `memory`, `template.json`), are made
+//! on first use under a lock, and are only ever read afterwards, so any
+//! number of runs can restore one at once.
 
 mod build;
 pub mod command;
