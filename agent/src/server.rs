@@ -470,7 +470,7 @@ impl Session {
                     c.stdio.close_stdin();
                 }
             }
-            HostMessage::Signal { signal } => match &self.container {
+            HostMessage::Signal { signal, .. } => match &self.container {
                 None => self.error("no container to signal")?,
                 Some(c) => {
                     if let Err(e) = c.signal(signal) {
@@ -488,6 +488,9 @@ impl Session {
                 Some(_) => self.error("container not started")?,
                 None => self.error("no container to wait for")?,
             },
+            HostMessage::Exec { .. } | HostMessage::ListProcesses | HostMessage::Freeze { .. } => {
+                self.error("not supported by this agent yet")?
+            }
             HostMessage::Shutdown => {
                 // The host kills the VM once it has the reply, so the reply
                 // waits for the one thing that must outlive the VM: the

@@ -191,11 +191,15 @@ fn volumes_read_write_and_read_only() {
             source: Source::directory(rw.path().display().to_string()),
             destination: "/data".into(),
             read_only: false,
+            subpath: None,
+            options: Vec::new(),
         },
         Volume {
             source: Source::directory(ro.path().display().to_string()),
             destination: "/config".into(),
             read_only: true,
+            subpath: None,
+            options: Vec::new(),
         },
     ];
     let out = run(&agent, &spec, b"");
@@ -415,7 +419,10 @@ fn bad_messages_get_errors_not_crashes() {
     for msg in [
         HostMessage::Start,
         HostMessage::Wait,
-        HostMessage::Signal { signal: 9 },
+        HostMessage::Signal {
+            signal: 9,
+            all: false,
+        },
     ] {
         assert!(matches!(
             read_then(&mut s, &msg),

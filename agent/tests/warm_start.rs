@@ -159,6 +159,8 @@ fn shutdown_flushes_the_volumes_of_a_running_container() {
         source: Source::directory(vol.path().display().to_string()),
         destination: "/data".into(),
         read_only: false,
+        subpath: None,
+        options: Vec::new(),
     }];
     let mut c = agent.connect();
     c.create(&spec).unwrap();
@@ -225,6 +227,8 @@ fn block_device_volumes_are_awaited_mounted_and_flushed() {
         source: Source::block_device(disk.0.clone()),
         destination: "/data".into(),
         read_only: false,
+        subpath: None,
+        options: Vec::new(),
     }];
     let mut c = agent.connect();
     c.create(&spec).unwrap();

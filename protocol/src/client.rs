@@ -43,7 +43,7 @@ use std::os::unix::net::UnixStream;
 use crate::error::ProtocolError;
 use crate::frame::{read_message, write_message, MAX_DATA_CHUNK};
 use crate::message::{AgentMessage, ExitStatus, GuestTimes, HostMessage, StepTime};
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, ProcessSpec};
 use crate::PROTOCOL_VERSION;
 
 /// A stream that can be duplicated into an independent read half and
@@ -243,6 +243,43 @@ impl<S: Read + Write> AgentClient<S> {
         }
     }
 
+    /// On a side connection: runs `process` in the started container;
+    /// returns its pid in the guest. Its stdio and exit then work as the
+    /// container process's do.
+    pub fn exec(&mut self, process: &ProcessSpec) -> Result<u32, ProtocolError> {
+        match self.call(&HostMessage::Exec {
+            process: Box::new(process.clone()),
+        })? {
+            AgentMessage::Started { pid, .. } => Ok(pid),
+            other => Err(ProtocolError::Unexpected {
+                expected: "Started",
+                got: describe(&other),
+            }),
+        }
+    }
+
+    /// The guest pids of every process in the container.
+    pub fn list_processes(&mut self) -> Result<Vec<u32>, ProtocolError> {
+        match self.call(&HostMessage::ListProcesses)? {
+            AgentMessage::Processes { pids } => Ok(pids),
+            other => Err(ProtocolError::Unexpected {
+                expected: "Processes",
+                got: describe(&other),
+            }),
+        }
+    }
+
+    /// Freezes or thaws every process of the container.
+    pub fn freeze(&mut self, frozen: bool) -> Result<(), ProtocolError> {
+        match self.call(&HostMessage::Freeze { frozen })? {
+            AgentMessage::Frozen { frozen: now } if now == frozen => Ok(()),
+            other => Err(ProtocolError::Unexpected {
+                expected: "Frozen",
+                got: describe(&other),
+            }),
+        }
+    }
+
     pub fn send_stdin(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
         send_stdin(&mut self.stream, data)
     }
@@ -252,7 +289,15 @@ impl<S: Read + Write> AgentClient<S> {
     }
 
     pub fn signal(&mut self, signal: i32) -> Result<(), ProtocolError> {
-        send(&mut self.stream, &HostMessage::Signal { signal })
+        send(
+            &mut self.stream,
+            &HostMessage::Signal { signal, all: false },
+        )
+    }
+
+    /// Sends `signal` to every process of the container.
+    pub fn signal_all(&mut self, signal: i32) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Signal { signal, all: true })
     }
 
     pub fn resize_tty(&mut self, rows: u16, cols: u16) -> Result<(), ProtocolError> {
@@ -319,7 +364,15 @@ impl<W: Write> AgentWriter<W> {
     }
 
     pub fn signal(&mut self, signal: i32) -> Result<(), ProtocolError> {
-        send(&mut self.stream, &HostMessage::Signal { signal })
+        send(
+            &mut self.stream,
+            &HostMessage::Signal { signal, all: false },
+        )
+    }
+
+    /// Sends `signal` to every process of the container.
+    pub fn signal_all(&mut self, signal: i32) -> Result<(), ProtocolError> {
+        send(&mut self.stream, &HostMessage::Signal { signal, all: true })
     }
 
     pub fn resize_tty(&mut self, rows: u16, cols: u16) -> Result<(), ProtocolError> {

@@ -190,7 +190,10 @@ mod tests {
             HostMessage::Hello { version: 7 },
             HostMessage::Stdin(b"abc\0\xff".to_vec()),
             HostMessage::Stdin(Vec::new()),
-            HostMessage::Signal { signal: 15 },
+            HostMessage::Signal {
+                signal: 15,
+                all: false,
+            },
         ];
         let mut wire = Vec::new();
         for m in &msgs {

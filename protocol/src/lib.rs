@@ -23,6 +23,12 @@
 //!    too, in case the host does not.
 //!
 //! Any request may instead be answered with `Error { message }`.
+//!
+//! While a container is started, the host may open more connections to the
+//! same port (*side connections*): after `Hello`, one `Exec { process }`
+//! runs a further process in the container and serves its stdio as in
+//! steps 4 and 5; `ListProcesses` -> `Processes` and `Freeze` -> `Frozen`
+//! are answered on either kind of connection.
 
 pub mod client;
 pub mod error;
@@ -47,7 +53,11 @@ pub use spec::{
 /// 2: `Refresh`/`Refreshed`; `steps` in `Started` and `Exit`; `ShuttingDown`
 /// comes after the volumes are flushed and the VM may be killed at once.
 /// 3: `Source::Virtiofs` (volumes shared from host directories).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: side connections (`Exec`, `ListProcesses`, `Freeze`), `Signal.all`;
+/// OCI fields in the spec (in-place and read-only roots, masked and
+/// read-only paths, sysctls, a seccomp filter, tmpfs and sub-path
+/// volumes).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

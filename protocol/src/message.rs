@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
 use crate::frame::{encode_frame, kind};
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, ProcessSpec};
 
 /// A message type that can be put in a frame.
 pub trait Message: Sized {
@@ -71,13 +71,36 @@ pub enum HostMessage {
     Stdin(Vec<u8>),
     /// End of the process's stdin.
     CloseStdin,
-    /// Send a signal to the container's process.
-    Signal { signal: i32 },
+    /// Send a signal to the container's process; with `all`, to every
+    /// process in the container (`runc kill --all`). On a side connection
+    /// (see `Exec`), it goes to that connection's process instead.
+    Signal {
+        signal: i32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+    },
     /// Set the terminal size (only meaningful with `terminal: true`).
     ResizeTty { rows: u16, cols: u16 },
     /// Ask for the exit status; answered with `Exit` once the process has
     /// exited and all of its output has been sent.
     Wait,
+    /// The first request of a *side connection*: one opened while another
+    /// connection holds a started container. Runs `process` inside that
+    /// container (its namespaces, cgroup and root; the process's own user,
+    /// env, cwd, terminal, capabilities and rlimits), answered with
+    /// `Started { pid }`; from there the side connection works as the main
+    /// one does for the container's process (`Stdin`, `CloseStdin`,
+    /// `Signal`, `ResizeTty`, `Wait` -> `Exit`). The process dies with the
+    /// container.
+    Exec { process: Box<ProcessSpec> },
+    /// The pids (as the agent sees them) of every process in the container,
+    /// answered with `Processes`. Accepted on the main connection and as
+    /// the only request of a side connection.
+    ListProcesses,
+    /// Freezes (`frozen: true`) or thaws the container's processes through
+    /// its cgroup, answered with `Frozen` once the cgroup reports the new
+    /// state. Accepted on the main connection and on a side connection.
+    Freeze { frozen: bool },
     /// End the VM: answered with `ShuttingDown` once the container's volumes
     /// are flushed, after which the host may kill the VM at once (the agent
     /// powers off by itself too).
@@ -136,6 +159,11 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         steps: Vec<StepTime>,
     },
+    /// Reply to `ListProcesses`.
+    Processes { pids: Vec<u32> },
+    /// Reply to `Freeze`: the container's processes are now frozen (or
+    /// thawed).
+    Frozen { frozen: bool },
     /// Reply to `Shutdown`: the volumes are flushed and the VM may be
     /// killed; the agent powers off right after.
     ShuttingDown,
@@ -249,7 +277,19 @@ mod tests {
             HostMessage::Start,
             HostMessage::Stdin(vec![0, 1, 255]),
             HostMessage::CloseStdin,
-            HostMessage::Signal { signal: 2 },
+            HostMessage::Signal {
+                signal: 2,
+                all: false,
+            },
+            HostMessage::Signal {
+                signal: 9,
+                all: true,
+            },
+            HostMessage::Exec {
+                process: Box::new(ProcessSpec::new(vec!["ps".into()])),
+            },
+            HostMessage::ListProcesses,
+            HostMessage::Freeze { frozen: true },
             HostMessage::ResizeTty { rows: 24, cols: 80 },
             HostMessage::Wait,
             HostMessage::Shutdown,

@@ -6,6 +6,7 @@
 //! bulkhead's storage layout. [`ContainerSpec::from_oci`] builds one from an
 //! OCI spec.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
 use oci_spec::runtime::{PosixRlimitType, Spec};
@@ -35,6 +36,16 @@ pub enum SpecError {
     BadVolumeDestination(String),
     #[error("virtio-fs tag {0:?} must be 1 to {VIRTIOFS_TAG_MAX} bytes without NUL")]
     BadVirtiofsTag(String),
+    #[error("{0} cannot be a tmpfs (only volumes can)")]
+    TmpfsOnlyAsVolume(&'static str),
+    #[error("volume subpath {0:?} must be relative, without `..`")]
+    BadSubpath(String),
+    #[error("{field} entry {path:?} must be an absolute path without `..`")]
+    BadListedPath { field: &'static str, path: String },
+    #[error("sysctl {0:?} is not a valid name (dotted, without `/` or `..`)")]
+    BadSysctl(String),
+    #[error("the seccomp program is {0} bytes, not a whole number of 8-byte instructions")]
+    BadSeccomp(usize),
 }
 
 /// The longest virtio-fs tag: the `tag` field of the device's config
@@ -51,6 +62,24 @@ pub struct ContainerSpec {
     pub resources: Resources,
     #[serde(default)]
     pub storage: Storage,
+    /// OCI `linux.maskedPaths`: made unreadable in the container (a file
+    /// gets /dev/null bound over it, a directory an empty read-only
+    /// tmpfs); paths that do not exist are skipped, as runc does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_paths: Vec<String>,
+    /// OCI `linux.readonlyPaths`: bound onto themselves read-only;
+    /// missing paths are skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readonly_paths: Vec<String>,
+    /// OCI `linux.sysctl`: written under /proc/sys inside the container's
+    /// namespaces before its process runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// A classic-BPF seccomp program (an array of `struct sock_filter`, 8
+    /// bytes each, native endian), compiled on the host from OCI
+    /// `linux.seccomp`, installed by the init as its last step before exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_bpf: Option<Vec<u8>>,
 }
 
 /// The container's process, as in OCI `process`.
@@ -213,6 +242,9 @@ pub enum Source {
     /// a virtiofsd. The guest probes these devices at boot, so there is
     /// nothing to wait for.
     Virtiofs { tag: String },
+    /// A fresh tmpfs (only as a volume), made with the volume's `options`
+    /// (`size=`, `mode=`, `nosuid`, ...).
+    Tmpfs,
 }
 
 fn default_fs_type() -> String {
@@ -241,7 +273,7 @@ impl Source {
     pub fn path(&self) -> Option<&str> {
         match self {
             Source::BlockDevice { path, .. } | Source::Directory { path } => Some(path),
-            Source::Virtiofs { .. } => None,
+            Source::Virtiofs { .. } | Source::Tmpfs => None,
         }
     }
 }
@@ -257,6 +289,15 @@ pub struct Storage {
     pub scratch: Option<Source>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// `lower` is the container's root itself (an OCI bundle's rootfs
+    /// shared from the host): mounted as it is, no overlay, no scratch;
+    /// what the container writes lands in it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
+    /// OCI `root.readonly`: the container's root is mounted read-only
+    /// (volumes keep their own modes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root: bool,
 }
 
 fn default_lower() -> Source {
@@ -273,6 +314,8 @@ impl Default for Storage {
             lower: default_lower(),
             scratch: default_scratch(),
             volumes: Vec::new(),
+            in_place: false,
+            read_only_root: false,
         }
     }
 }
@@ -284,6 +327,30 @@ pub struct Volume {
     pub destination: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Bind only this relative path of the source (a file or a directory)
+    /// at `destination`: how an OCI bind mount of a host *file* arrives,
+    /// its directory being the share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    /// OCI mount options. `nosuid`, `nodev`, `noexec`, `ro` and the atime
+    /// flags are honoured; for a tmpfs, the rest (`size=`, `mode=`, ...)
+    /// is its data. Bind and propagation options are accepted and mean
+    /// nothing more (every guest mount is private).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Volume {
+    /// A volume of all of `source`, with no options.
+    pub fn new(source: Source, destination: impl Into<String>, read_only: bool) -> Volume {
+        Volume {
+            source,
+            destination: destination.into(),
+            read_only,
+            subpath: None,
+            options: Vec::new(),
+        }
+    }
 }
 
 impl ProcessSpec {
@@ -319,6 +386,8 @@ fn check_source(field: &'static str, source: &Source) -> Result<(), SpecError> {
     let path = match source {
         Source::BlockDevice { path, .. } | Source::Directory { path } => path,
         Source::Virtiofs { tag } => return check_virtiofs_tag(tag),
+        Source::Tmpfs if field == "volume source" => return Ok(()),
+        Source::Tmpfs => return Err(SpecError::TmpfsOnlyAsVolume(field)),
     };
     no_nul(field, path)?;
     if !is_clean_absolute(path) {
@@ -347,6 +416,10 @@ impl ContainerSpec {
             hostname: None,
             resources: Resources::default(),
             storage: Storage::default(),
+            masked_paths: Vec::new(),
+            readonly_paths: Vec::new(),
+            sysctls: BTreeMap::new(),
+            seccomp_bpf: None,
         }
     }
 
@@ -384,9 +457,45 @@ impl ContainerSpec {
         }
         for v in &self.storage.volumes {
             check_source("volume source", &v.source)?;
+            if let Some(sub) = &v.subpath {
+                no_nul("volume subpath", sub)?;
+                let p = Path::new(sub);
+                if p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+                    return Err(SpecError::BadSubpath(sub.clone()));
+                }
+            }
             no_nul("volume destination", &v.destination)?;
             if !is_clean_absolute(&v.destination) || Path::new(&v.destination) == Path::new("/") {
                 return Err(SpecError::BadVolumeDestination(v.destination.clone()));
+            }
+        }
+        for (field, list) in [
+            ("linux.maskedPaths", &self.masked_paths),
+            ("linux.readonlyPaths", &self.readonly_paths),
+        ] {
+            for path in list {
+                no_nul(field, path)?;
+                if !is_clean_absolute(path) {
+                    return Err(SpecError::BadListedPath {
+                        field,
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        for (name, value) in &self.sysctls {
+            no_nul("linux.sysctl", name)?;
+            no_nul("linux.sysctl", value)?;
+            if name.is_empty()
+                || name.contains('/')
+                || name.split('.').any(|part| part.is_empty() || part == "..")
+            {
+                return Err(SpecError::BadSysctl(name.clone()));
+            }
+        }
+        if let Some(bpf) = &self.seccomp_bpf {
+            if bpf.is_empty() || bpf.len() % 8 != 0 {
+                return Err(SpecError::BadSeccomp(bpf.len()));
             }
         }
         Ok(())
@@ -472,6 +581,7 @@ impl ContainerSpec {
             hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
             resources,
             storage,
+            ..ContainerSpec::new(ProcessSpec::new(Vec::new()))
         };
         spec.validate()?;
         Ok(spec)
@@ -527,6 +637,8 @@ mod tests {
             source: Source::block_device("/dev/vdc"),
             destination: "/data".into(),
             read_only: true,
+            subpath: None,
+            options: Vec::new(),
         });
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains(r#""type":"RLIMIT_NOFILE""#), "{json}");
@@ -563,6 +675,8 @@ mod tests {
                 source: Source::block_device("/dev/vdc"),
                 destination: dest.into(),
                 read_only: false,
+                subpath: None,
+                options: Vec::new(),
             });
             assert!(
                 matches!(s.validate(), Err(SpecError::BadVolumeDestination(_))),
@@ -582,6 +696,8 @@ mod tests {
             source: Source::virtiofs("share0"),
             destination: "/srv".into(),
             read_only: true,
+            subpath: None,
+            options: Vec::new(),
         });
         let json = serde_json::to_string(&s).unwrap();
         assert!(
@@ -602,6 +718,8 @@ mod tests {
                 source: Source::virtiofs(tag),
                 destination: "/srv".into(),
                 read_only: false,
+                subpath: None,
+                options: Vec::new(),
             });
             s.validate()
         };

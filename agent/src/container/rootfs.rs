@@ -147,6 +147,11 @@ fn materialize(
             ops.push(fs_mount(tag, mount_point.clone(), "virtiofs", flags, None));
             mount_point
         }
+        Source::Tmpfs => {
+            ops.push(mkdir(mount_point.clone()));
+            ops.push(fs_mount("tmpfs", mount_point.clone(), "tmpfs", flags, None));
+            mount_point
+        }
     }
 }
 
@@ -160,7 +165,9 @@ pub fn writable_volumes(storage: &Storage, layout: &Layout) -> Vec<PathBuf> {
         .filter(|(_, v)| !v.read_only)
         .map(|(i, v)| match &v.source {
             Source::Directory { path } => PathBuf::from(path),
-            Source::BlockDevice { .. } | Source::Virtiofs { .. } => layout.volume(i),
+            Source::BlockDevice { .. } | Source::Virtiofs { .. } | Source::Tmpfs => {
+                layout.volume(i)
+            }
         })
         .collect()
 }
@@ -450,6 +457,8 @@ mod tests {
     fn tmpfs_scratch_and_directory_lower() {
         let storage = Storage {
             lower: Source::directory("/images/busybox"),
+            in_place: false,
+            read_only_root: false,
             scratch: None,
             volumes: vec![],
         };
@@ -473,11 +482,15 @@ mod tests {
                     source: Source::block_device("/dev/vdc"),
                     destination: "/data".into(),
                     read_only: true,
+                    subpath: None,
+                    options: Vec::new(),
                 },
                 Volume {
                     source: Source::directory("/host/cache"),
                     destination: "/var/cache/app".into(),
                     read_only: false,
+                    subpath: None,
+                    options: Vec::new(),
                 },
             ],
             ..Storage::default()
@@ -520,16 +533,22 @@ mod tests {
                     source: Source::virtiofs("share0"),
                     destination: "/srv".into(),
                     read_only: true,
+                    subpath: None,
+                    options: Vec::new(),
                 },
                 Volume {
                     source: Source::block_device("/dev/vdc"),
                     destination: "/srv/cache".into(),
                     read_only: false,
+                    subpath: None,
+                    options: Vec::new(),
                 },
                 Volume {
                     source: Source::virtiofs("share1"),
                     destination: "/out".into(),
                     read_only: false,
+                    subpath: None,
+                    options: Vec::new(),
                 },
             ],
             ..Storage::default()

@@ -238,6 +238,7 @@ impl Agent {
                 self.scratch(&N.fetch_add(1, Ordering::Relaxed).to_string()),
             )),
             volumes: Vec::new(),
+            ..Storage::default()
         };
         spec
     }

@@ -279,7 +279,9 @@ fn run_container(args: RunArgs) -> anyhow::Result<u8> {
             lower: Source::block_device("/dev/vda"),
             scratch: Some(Source::block_device("/dev/vdb")),
             volumes: spec_volumes,
+            ..Storage::default()
         },
+        ..ContainerSpec::new(ProcessSpec::new(Vec::new()))
     };
     spec.validate().context("invalid container spec")?;
 
@@ -453,11 +455,7 @@ fn attach_mounts(
                 Source::virtiofs(share::tag(shares_given - 1))
             }
         };
-        volumes.push(Volume {
-            source,
-            destination: m.destination.clone(),
-            read_only: m.read_only,
-        });
+        volumes.push(Volume::new(source, m.destination.clone(), m.read_only));
     }
     // A volume nested in another (a disk at /srv/cache in a share at /srv)
     // must come after it.
