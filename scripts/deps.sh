@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bulkhead's build and tests use (idempotent).
 set -euo pipefail
-pkgs=(e2fsprogs busybox-static cpio util-linux gcc libc6-dev runc)
+# libseccomp-dev and pkg-config: the CLI links libseccomp to compile OCI
+# seccomp profiles into the guest's BPF filter (and virtiofsd links it too).
+pkgs=(e2fsprogs busybox-static cpio util-linux gcc libc6-dev runc libseccomp-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -31,7 +33,7 @@ find_virtiofsd() {
 if ! find_virtiofsd; then
     echo "[deps] building virtiofsd (cargo install virtiofsd, ~3 min)" >&2
     export DEBIAN_FRONTEND=noninteractive
-    for p in libcap-ng-dev libseccomp-dev; do
+    for p in libcap-ng-dev; do
         dpkg -s "$p" >/dev/null 2>&1 ||
             apt-get install -y -q "$p" >/dev/null 2>&1 ||
             { apt-get update -q >/dev/null && apt-get install -y -q "$p" >/dev/null; }
