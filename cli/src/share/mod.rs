@@ -28,7 +28,7 @@ pub fn tag(index: usize) -> String {
 }
 
 /// A host directory to share.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostDir {
     /// Absolute, with symlinks resolved.
     pub path: PathBuf,

@@ -135,7 +135,7 @@ fn boot_and_snapshot(
 }
 
 fn console_tail(log: &Path) -> String {
-    let tail = crate::run::console_tail(log, 15);
+    let tail = crate::lifecycle::agent::console_tail(log, 15);
     if tail.trim().is_empty() {
         String::new()
     } else {

@@ -3,8 +3,8 @@
 use clap::Subcommand;
 
 use super::TemplateSpec;
+use crate::lifecycle::signals::SignalRouter;
 use crate::paths;
-use crate::run::SignalRouter;
 
 #[derive(Subcommand, Debug)]
 pub enum TemplateCommand {

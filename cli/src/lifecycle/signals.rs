@@ -1,5 +1,6 @@
 //! SIGINT/SIGTERM/SIGHUP/SIGQUIT to `bulkhead run` go to the container (as
 //! `docker run` does), or stop the VM while there is no container yet.
+//! SIGWINCH resizes the container's terminal to the size of ours.
 //! The signals are blocked in every thread and taken by one sigwait thread.
 
 use std::os::unix::net::UnixStream;
@@ -13,6 +14,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 struct Targets {
     vm: Option<StopHandle>,
     container: Option<Arc<Mutex<AgentWriter<UnixStream>>>>,
+    /// The container has a terminal: follow the size of the one on stdin.
+    terminal: bool,
 }
 
 #[derive(Clone, Default)]
@@ -25,6 +28,7 @@ fn forwarded() -> SigSet {
         Signal::SIGTERM,
         Signal::SIGHUP,
         Signal::SIGQUIT,
+        Signal::SIGWINCH,
     ] {
         set.add(s);
     }
@@ -53,6 +57,16 @@ impl SignalRouter {
             Ok(t) => t,
             Err(e) => e.into_inner(),
         };
+        if sig == Signal::SIGWINCH {
+            if let (Some(w), true, Some((rows, cols))) =
+                (&targets.container, targets.terminal, terminal_size())
+            {
+                if let Ok(mut w) = w.lock() {
+                    let _ = w.resize_tty(rows, cols);
+                }
+            }
+            return;
+        }
         if let Some(w) = &targets.container {
             if let Ok(mut w) = w.lock() {
                 if w.signal(sig as i32).is_ok() {
@@ -71,9 +85,25 @@ impl SignalRouter {
         }
     }
 
-    pub fn set_container(&self, writer: Arc<Mutex<AgentWriter<UnixStream>>>) {
+    /// Routes signals to the container from now on; with `terminal`,
+    /// SIGWINCH resizes its terminal.
+    pub fn set_container(&self, writer: Arc<Mutex<AgentWriter<UnixStream>>>, terminal: bool) {
         if let Ok(mut t) = self.0.lock() {
             t.container = Some(writer);
+            t.terminal = terminal;
         }
     }
+}
+
+/// The size of the terminal on stdin, if it is one.
+pub fn terminal_size() -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
+    let r = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
 }

@@ -1,5 +1,5 @@
 //! Talking to the guest agent: reaching it through the hybrid vsock socket,
-//! sending the container, and pumping stdio until the process exits.
+//! building the container, then pumping stdio until its process exits.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bulkhead_protocol::{
-    AgentClient, AgentWriter, ContainerSpec, Event, ExitStatus, GuestTimes, StepTime,
+    AgentClient, AgentWriter, ContainerSpec, Event, ExitStatus, GuestTimes, ProcessSpec, StepTime,
     AGENT_VSOCK_PORT,
 };
 
@@ -22,10 +22,20 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Opens a stream to the agent's vsock port through the VMM's Unix socket,
 /// retrying while the guest boots. Fails early if the VM ends.
 pub fn connect_agent(uds: &Path, vm: &RunningVm) -> anyhow::Result<UnixStream> {
+    connect_while(uds, || !vm.has_ended())
+}
+
+/// One more connection to a running VM's agent (a side connection: exec,
+/// process list, freeze), from any process that can reach its socket.
+pub fn connect_side(uds: &Path) -> anyhow::Result<UnixStream> {
+    try_connect(uds)?.ok_or_else(|| anyhow::anyhow!("the container's guest agent does not answer"))
+}
+
+fn connect_while(uds: &Path, alive: impl Fn() -> bool) -> anyhow::Result<UnixStream> {
     let deadline = Instant::now() + AGENT_TIMEOUT;
     let mut delay = Duration::from_millis(20);
     loop {
-        if vm.has_ended() {
+        if !alive() {
             bail!("the microVM stopped before its agent came up");
         }
         if Instant::now() > deadline {
@@ -118,14 +128,20 @@ pub struct Session {
     steps: Vec<StepTime>,
 }
 
-impl Session {
-    /// Handshake, refresh (restored VMs), create, start. Returns once the
-    /// process runs.
-    pub fn start(
+/// The agent's connection once the container is built, before it runs.
+pub struct Pending {
+    client: AgentClient<UnixStream>,
+    socket: UnixStream,
+}
+
+impl Pending {
+    /// Handshake, refresh (restored VMs), create. Returns once the
+    /// container is built in the guest.
+    pub fn create(
         stream: UnixStream,
         spec: &ContainerSpec,
         refresh: Option<Refresh>,
-    ) -> anyhow::Result<Session> {
+    ) -> anyhow::Result<Pending> {
         let socket = stream.try_clone()?;
         let mut client = AgentClient::new(stream);
         client.handshake().context("agent handshake failed")?;
@@ -135,10 +151,42 @@ impl Session {
                 .context("cannot refresh the restored guest")?;
         }
         client.create(spec).context("cannot create the container")?;
-        let started = client
+        Ok(Pending { client, socket })
+    }
+
+    /// Runs the container's process; returns once it runs.
+    pub fn start(mut self) -> anyhow::Result<Session> {
+        let started = self
+            .client
             .start_traced()
             .context("cannot start the container")?;
         let guest_times = started.times.map(|t| (t, Instant::now()));
+        Session::waiting(self.client, self.socket, guest_times, started.steps)
+    }
+}
+
+impl Session {
+    /// Runs `process` in the container of the VM behind `uds`, on a side
+    /// connection of its own.
+    pub fn exec(uds: &Path, process: &ProcessSpec) -> anyhow::Result<Session> {
+        let stream = connect_side(uds)?;
+        let socket = stream.try_clone()?;
+        let mut client = AgentClient::new(stream);
+        client.handshake().context("agent handshake failed")?;
+        client
+            .exec(process)
+            .context("cannot exec in the container")?;
+        Session::waiting(client, socket, None, Vec::new())
+    }
+
+    /// Asks for the exit status (which comes after all output) and splits
+    /// the connection.
+    fn waiting(
+        mut client: AgentClient<UnixStream>,
+        socket: UnixStream,
+        guest_times: Option<(GuestTimes, Instant)>,
+        steps: Vec<StepTime>,
+    ) -> anyhow::Result<Session> {
         client.wait()?;
         let (writer, reader) = client.split()?;
         Ok(Session {
@@ -146,10 +194,19 @@ impl Session {
             reader,
             socket,
             guest_times,
-            steps: started.steps,
+            steps,
         })
     }
+}
 
+/// A one-request side connection to the agent of the VM behind `uds`.
+pub fn side_client(uds: &Path) -> anyhow::Result<AgentClient<UnixStream>> {
+    let mut client = AgentClient::new(connect_side(uds)?);
+    client.handshake().context("agent handshake failed")?;
+    Ok(client)
+}
+
+impl Session {
     /// The agent's boot milestones (guest clock) and the host instant its
     /// `Started` reply arrived, if the agent reports them.
     pub fn guest_times(&self) -> Option<(GuestTimes, Instant)> {

@@ -1,0 +1,216 @@
+//! The container's microVM coming up: a virtiofsd per shared directory,
+//! then a template restored with the container's disks and shares in its
+//! slots (made on first use), or a fresh boot of the guest kernel.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use bulkhead_vmm::builder::{BuildError, RestoreConfig};
+use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig};
+
+use super::plan::Plan;
+use super::signals::SignalRouter;
+use super::vm::RunningVm;
+use crate::paths;
+use crate::share::{self, Shares};
+use crate::template::{self, TemplateSpec, SHARE_SLOTS};
+
+/// How long a failed start waits for a dying virtiofsd's exit status, to
+/// blame it rather than what its death broke.
+pub const SHARE_GRACE: Duration = Duration::from_millis(200);
+
+/// The names of a container's VM files in its directory.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+pub const CONSOLE_LOG: &str = "console.log";
+
+/// How the VM came to be.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    Cold,
+    Warm { template: String, built: bool },
+}
+
+/// A running VM with its share daemons. Fields drop in order: the VM
+/// before the daemons that serve it.
+pub struct Booted {
+    pub vm: RunningVm,
+    pub shares: Shares,
+    pub boot: Boot,
+    pub uds: PathBuf,
+    pub console_log: PathBuf,
+}
+
+/// Starts `plan`'s VM with its files in `dir`. A signal that arrives
+/// meanwhile stops the VM (through `router`).
+pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Booted> {
+    let kernel = paths::kernel()?;
+    let agent = paths::agent()?;
+    let initramfs = paths::agent_initramfs(&agent)?;
+    let mut shares = if plan.host_dirs.is_empty() {
+        Shares::default()
+    } else {
+        Shares::start(&share::locate()?, &plan.host_dirs, dir)?
+    };
+    let machine = Machine {
+        kernel,
+        initramfs,
+        mem_mib: plan.mem_mib,
+        disks: plan
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect(),
+        shares: shares.sockets(),
+        uds: dir.join(VSOCK_SOCKET),
+        console_log: dir.join(CONSOLE_LOG),
+    };
+    let started = if !plan.cold && plan.fits_a_template() {
+        start_warm(&machine, &mut shares, &|stop| router.set_vm(stop))
+    } else {
+        start_cold(&machine).map(|vm| (vm, Boot::Cold))
+    };
+    // A virtiofsd that died makes the VM fail to connect (or its guest
+    // hang): its own message says why.
+    let (vm, boot) = match started {
+        Ok(started) => started,
+        Err(e) => return Err(shares.failure_within(SHARE_GRACE).map_or(e, Into::into)),
+    };
+    if let Some(e) = shares.failure() {
+        return Err(e.into());
+    }
+    let stop = vm.stop_handle();
+    shares.watch(move || stop.stop());
+    router.set_vm(vm.stop_handle());
+    Ok(Booted {
+        vm,
+        shares,
+        boot,
+        uds: machine.uds,
+        console_log: machine.console_log,
+    })
+}
+
+/// The VM's hardware, whether it boots or is restored.
+struct Machine {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    mem_mib: u64,
+    /// Image (read-only), scratch, volumes: vda, vdb, vdc...
+    disks: Vec<DiskConfig>,
+    /// The listening virtiofsd socket of each share, in tag order.
+    shares: Vec<PathBuf>,
+    uds: PathBuf,
+    console_log: PathBuf,
+}
+
+fn console_file(path: &Path) -> anyhow::Result<ConsoleOutput> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(ConsoleOutput::Writer(Box::new(file)))
+}
+
+fn vsock_config(m: &Machine) -> VsockConfig {
+    VsockConfig {
+        cid: 3,
+        uds_path: m.uds.clone(),
+    }
+}
+
+/// Boots the guest kernel with the container's disks.
+fn start_cold(m: &Machine) -> anyhow::Result<RunningVm> {
+    let mut config = VmConfig::new(&m.kernel);
+    config.initrd = Some(m.initramfs.clone());
+    config.mem_mib = m.mem_mib;
+    config.console = console_file(&m.console_log)?;
+    config.vsock = Some(vsock_config(m));
+    config.disks = m.disks.clone();
+    config.shares = m
+        .shares
+        .iter()
+        .enumerate()
+        .map(|(i, socket)| FsConfig {
+            tag: share::tag(i),
+            socket: Some(socket.clone()),
+        })
+        .collect();
+    RunningVm::start(config).context("cannot start the microVM")
+}
+
+/// Restores the template for this VM's shape (made on first use) with the
+/// container's disks and shares in its slots; a template that cannot be
+/// restored is made again, once.
+fn start_warm(
+    m: &Machine,
+    shares: &mut Shares,
+    on_boot: template::OnBoot<'_>,
+) -> anyhow::Result<(RunningVm, Boot)> {
+    let spec = TemplateSpec {
+        kernel: m.kernel.clone(),
+        initramfs: m.initramfs.clone(),
+        vcpus: 1,
+        mem_mib: m.mem_mib,
+    };
+    let mut tpl = template::ensure(&spec, on_boot)?;
+    let restore = |dir: &Path| -> anyhow::Result<RunningVm> {
+        Ok(RunningVm::restore(RestoreConfig {
+            snapshot_dir: dir.to_path_buf(),
+            console: console_file(&m.console_log)?,
+            disks: m.disks.iter().cloned().map(Some).collect(),
+            vsock: Some(vsock_config(m)),
+            shares: (0..SHARE_SLOTS).map(|i| m.shares.get(i).cloned()).collect(),
+        })?)
+    };
+    let vm = match restore(&tpl.dir) {
+        Ok(vm) => vm,
+        Err(e) if is_template_fault(&e) => {
+            tpl = template::rebuild(&spec, &tpl, &format!("{e:#}"), on_boot)?;
+            // The failed restore may have connected to them.
+            shares.restart()?;
+            restore(&tpl.dir).context("cannot restore the rebuilt template")?
+        }
+        Err(e) => return Err(e.context("cannot restore the microVM")),
+    };
+    Ok((
+        vm,
+        Boot::Warm {
+            template: tpl.key,
+            built: tpl.built,
+        },
+    ))
+}
+
+/// Whether a restore failed because of the template itself (stale,
+/// corrupt, from another host) rather than this container's inputs.
+fn is_template_fault(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<BuildError>(),
+        Some(BuildError::Snapshot(_) | BuildError::State(_))
+    )
+}
+
+impl Booted {
+    /// Explains a VM that died or an agent that never answered, with the
+    /// end of the guest console (where the kernel says why); or, if a
+    /// virtiofsd died, with what it said (the guest only saw its files go
+    /// away). Ends the VM.
+    pub fn explain(mut self, e: anyhow::Error) -> anyhow::Error {
+        let ended = self.vm.finish(Duration::from_millis(500));
+        if let Some(failed) = self.shares.failure_within(SHARE_GRACE) {
+            return failed.into();
+        }
+        let tail = super::agent::console_tail(&self.console_log, 15);
+        let mut msg = format!("{e:#}");
+        if let Err(vm_err) = ended {
+            msg.push_str(&format!(": {vm_err}"));
+        }
+        if !tail.trim().is_empty() {
+            msg.push_str("\nguest console (last lines):\n");
+            msg.push_str(&tail);
+        }
+        anyhow::anyhow!(msg)
+    }
+}

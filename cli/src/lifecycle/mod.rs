@@ -1,0 +1,40 @@
+//! One container's life, whoever drives it: `bulkhead run` (in-process),
+//! the runc-compatible commands and the Docker-like ones (through a
+//! monitor process that outlives them), and `bench`.
+//!
+//! As in youki's libcontainer, each operation has its file: `create`
+//! (the VM up, the container built in it), `start`, `kill`, `exec`,
+//! `pause` (and resume, and the process list), `delete`; `state` is the
+//! on-disk record every command locks. Below them: `plan` (what the VM is
+//! made of), `boot` (template restore or cold boot), `agent` (the vsock
+//! session with the guest agent), `vm` (the VMM on its thread), `monitor`
+//! and its `control` socket, `hooks` (OCI hooks on the host), `signals`
+//! and `tty`. Data flows one way: commands call these, these call the
+//! VMM and the agent; nothing here knows which command called it.
+
+pub mod agent;
+pub mod boot;
+pub mod control;
+pub mod create;
+pub mod delete;
+pub mod exec;
+pub mod hooks;
+pub mod kill;
+pub mod monitor;
+pub mod pause;
+pub mod plan;
+pub mod run_dir;
+pub mod signals;
+pub mod start;
+pub mod state;
+pub mod tty;
+pub mod vm;
+
+pub use create::{create, create_detached};
+pub use delete::delete;
+pub use exec::exec;
+pub use kill::kill;
+pub use pause::{pause, processes, resume};
+pub use plan::{Disk, Plan};
+pub use start::{start, Running};
+pub use state::{Exit, Locked, Record, Root, Status};
