@@ -603,3 +603,421 @@ fn init_mode_as_pid_namespace_init() {
         "namespace did not end"
     );
 }
+
+// The OCI parts of the spec: in-place and read-only roots, sub-path and
+// tmpfs volumes with options, masked and read-only paths, sysctls,
+// seccomp.
+
+/// The agent's reply to a CreateContainer that must fail.
+fn create_error(agent: &Agent, spec: &bulkhead_protocol::ContainerSpec) -> String {
+    match agent.connect().create(spec) {
+        Err(ProtocolError::Agent(m)) => m,
+        other => panic!("create should fail: {other:?}"),
+    }
+}
+
+/// The agent's reply to a Start whose init setup must fail.
+fn start_error(agent: &Agent, spec: &bulkhead_protocol::ContainerSpec) -> String {
+    let mut c = agent.connect();
+    c.create(spec).expect("create");
+    match c.start() {
+        Err(ProtocolError::Agent(m)) => m,
+        other => panic!("start should fail: {other:?}"),
+    }
+}
+
+/// A copy of the agent's image, as an OCI bundle's rootfs would be.
+fn bundle_rootfs(agent: &Agent, dir: &support::TempDir) -> std::path::PathBuf {
+    let rootfs = dir.path().join("rootfs");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(agent.image())
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    rootfs
+}
+
+fn dir_volume(dir: &std::path::Path, destination: &str) -> Volume {
+    Volume::new(
+        Source::directory(dir.display().to_string()),
+        destination,
+        false,
+    )
+}
+
+#[test]
+fn in_place_root_is_written_directly() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let bundle = support::TempDir::new("bundle");
+    let rootfs = bundle_rootfs(&agent, &bundle);
+    let mut spec = agent.spec(&[
+        "sh",
+        "-c",
+        "echo kept > /root/new && rm /etc/group && (grep -c overlay /proc/self/mountinfo || true)",
+    ]);
+    spec.storage.lower = Source::directory(rootfs.display().to_string());
+    spec.storage.in_place = true;
+    // Ignored in place: waiting for this disk would time out.
+    spec.storage.scratch = Some(Source::block_device("/dev/bulkhead-no-such-disk"));
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "0\n", "no overlay");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("root/new")).unwrap(),
+        "kept\n"
+    );
+    assert!(!rootfs.join("etc/group").exists());
+    assert!(agent.image().join("etc/group").exists());
+}
+
+#[test]
+fn read_only_root_keeps_volumes_writable() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let bundle = support::TempDir::new("bundle-ro");
+    let rootfs = bundle_rootfs(&agent, &bundle);
+    let data = support::TempDir::new("ro-root-data");
+    let script = "touch /new 2>&1; echo x > /data/f && echo data-ok; \
+                  echo y > /dev/shm/f && echo shm-ok; head -c 4 /proc/self/stat >/dev/null && echo proc-ok";
+    for in_place in [false, true] {
+        let mut spec = agent.spec(&["sh", "-c", script]);
+        spec.storage.read_only_root = true;
+        if in_place {
+            spec.storage.lower = Source::directory(rootfs.display().to_string());
+            spec.storage.in_place = true;
+        }
+        spec.storage.volumes = vec![dir_volume(data.path(), "/data")];
+        let out = run(&agent, &spec, b"");
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        assert_eq!(
+            out.stdout, "touch: /new: Read-only file system\ndata-ok\nshm-ok\nproc-ok\n",
+            "in place: {in_place}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(data.path().join("f")).unwrap(),
+            "x\n"
+        );
+        assert!(!rootfs.join("new").exists());
+    }
+}
+
+#[test]
+fn subpath_volumes_bind_single_files_and_directories() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let share = support::TempDir::new("share");
+    std::fs::write(share.path().join("hosts"), "127.0.0.1 box\n").unwrap();
+    std::fs::write(share.path().join("token"), "s3cret\n").unwrap();
+    std::fs::create_dir(share.path().join("conf")).unwrap();
+    std::fs::write(share.path().join("conf/app.ini"), "k=v\n").unwrap();
+    let with_subpath = |sub: &str, destination: &str, read_only: bool| Volume {
+        subpath: Some(sub.into()),
+        read_only,
+        ..dir_volume(share.path(), destination)
+    };
+    let mut spec = agent.spec(&[
+        "sh",
+        "-c",
+        "cat /etc/hosts; [ -f /etc/hosts ] && echo is-file; cat /run/secrets/token; \
+         cat /srv/conf/app.ini; echo more >> /etc/hosts 2>/dev/null || echo hosts-ro; \
+         echo new > /run/secrets/token && echo token-rw",
+    ]);
+    spec.storage.volumes = vec![
+        with_subpath("hosts", "/etc/hosts", true),
+        // Parents that are not in the image are made.
+        with_subpath("token", "/run/secrets/token", false),
+        with_subpath("conf", "/srv/conf", false),
+    ];
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "127.0.0.1 box\nis-file\ns3cret\nk=v\nhosts-ro\ntoken-rw\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.path().join("token")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.path().join("hosts")).unwrap(),
+        "127.0.0.1 box\n"
+    );
+
+    let mut spec = agent.spec(&["true"]);
+    spec.storage.volumes = vec![with_subpath("missing", "/etc/missing", false)];
+    let m = create_error(&agent, &spec);
+    assert!(
+        m.contains("/etc/missing") && m.contains("\"missing\"") && m.contains("No such file"),
+        "{m}"
+    );
+    assert_eq!(
+        std::fs::read_dir(agent.dir.path().join("state"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing left behind"
+    );
+}
+
+#[test]
+fn tmpfs_volume_takes_its_options() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let mut spec = agent.spec(&[
+        "sh",
+        "-c",
+        "stat -c %a /scratch; grep ' /scratch ' /proc/self/mountinfo; \
+         dd if=/dev/zero of=/scratch/big bs=1024 count=2048 2>&1 | grep -c 'No space'",
+    ]);
+    spec.storage.volumes = vec![Volume {
+        options: ["size=1m", "mode=0710", "nosuid", "noexec", "rbind"]
+            .map(String::from)
+            .to_vec(),
+        ..Volume::new(Source::Tmpfs, "/scratch", false)
+    }];
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "710");
+    let fields: Vec<&str> = lines[1].split(' ').collect();
+    let (mount_options, fs_options) = (fields[5], fields[fields.len() - 1]);
+    for flag in ["rw", "nosuid", "noexec"] {
+        assert!(mount_options.split(',').any(|o| o == flag), "{}", lines[1]);
+    }
+    assert!(!mount_options.contains("nodev"), "{}", lines[1]);
+    assert!(fs_options.contains("size=1024k"), "{}", lines[1]);
+    assert_eq!(lines[2], "1", "the 1 MiB tmpfs fills up");
+}
+
+#[test]
+fn unsupported_mount_options_are_rejected() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let dir = support::TempDir::new("opt");
+    let mut spec = agent.spec(&["true"]);
+    spec.storage.volumes = vec![Volume {
+        options: vec!["ro".into(), "bogus".into()],
+        ..dir_volume(dir.path(), "/data")
+    }];
+    let m = create_error(&agent, &spec);
+    assert!(
+        m.contains("volume /data: unsupported mount option \"bogus\""),
+        "{m}"
+    );
+    let mut spec = agent.spec(&["true"]);
+    spec.storage.volumes = vec![Volume {
+        options: vec!["size=1m".into(), "tmpcopyup".into()],
+        ..Volume::new(Source::Tmpfs, "/run", false)
+    }];
+    let m = create_error(&agent, &spec);
+    assert!(m.contains("/run") && m.contains("\"tmpcopyup\""), "{m}");
+}
+
+#[test]
+fn masked_paths_read_empty() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    std::fs::write(agent.image().join("root/secret"), "hidden\n").unwrap();
+    let data = support::TempDir::new("mask-data");
+    std::fs::write(data.path().join("key"), "private\n").unwrap();
+    let mut script = String::from(
+        "wc -c < /etc/group; ls -A /root | wc -l; \
+         touch /root/x 2>/dev/null && echo root-rw || echo root-ro; \
+         wc -c < /data/key; ls /proc/sys | wc -l",
+    );
+    let mut expect = String::from("0\n0\nroot-ro\n0\n0\n");
+    let mut masked: Vec<String> = ["/etc/group", "/root", "/data/key", "/proc/sys"]
+        .map(String::from)
+        .to_vec();
+    // Host files the container's own /proc and /sys have too.
+    if std::path::Path::new("/proc/timer_list").exists() {
+        script.push_str("; wc -c < /proc/timer_list");
+        expect.push_str("0\n");
+        masked.push("/proc/timer_list".into());
+    }
+    if std::fs::read_dir("/sys/firmware").is_ok_and(|mut d| d.next().is_some()) {
+        script.push_str("; ls /sys/firmware | wc -l");
+        expect.push_str("0\n");
+        masked.push("/sys/firmware".into());
+    }
+    // Skipped, as runc skips them.
+    masked.push("/proc/bulkhead-no-such-file".into());
+    masked.push("/no/such/dir".into());
+    let mut spec = agent.spec(&["sh", "-c", &script]);
+    spec.masked_paths = masked;
+    spec.storage.volumes = vec![dir_volume(data.path(), "/data")];
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout, expect);
+    // Masked for the container only.
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("key")).unwrap(),
+        "private\n"
+    );
+}
+
+#[test]
+fn readonly_paths_refuse_writes() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let mut spec = agent.spec(&[
+        "sh",
+        "-c",
+        "touch /etc/new 2>&1; touch /tmp/ok && echo tmp-ok; \
+         grep ' /proc/sys ' /proc/self/mountinfo | cut -d' ' -f6",
+    ]);
+    spec.readonly_paths = ["/etc", "/proc/sys", "/no/such/path"]
+        .map(String::from)
+        .to_vec();
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "touch: /etc/new: Read-only file system");
+    assert_eq!(lines[1], "tmp-ok");
+    // The remount kept /proc's own flags.
+    let options: Vec<&str> = lines[2].split(',').collect();
+    for flag in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(options.contains(&flag), "{}", lines[2]);
+    }
+}
+
+#[test]
+fn sysctls_are_set_in_the_container_namespaces() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let host = |name: &str| std::fs::read_to_string(format!("/proc/sys/{name}")).unwrap();
+    let (domain, forward) = (host("kernel/domainname"), host("net/ipv4/ip_forward"));
+    let mut spec = agent.spec(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/domainname /proc/sys/net/ipv4/ip_forward",
+    ]);
+    spec.sysctls = [
+        ("kernel.domainname", "bulkhead.test"),
+        (
+            "net.ipv4.ip_forward",
+            if forward.trim() == "1" { "0" } else { "1" },
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!("bulkhead.test\n{}\n", spec.sysctls["net.ipv4.ip_forward"])
+    );
+    assert_eq!(host("kernel/domainname"), domain, "the host's is untouched");
+    assert_eq!(host("net/ipv4/ip_forward"), forward);
+
+    let mut spec = agent.spec(&["true"]);
+    spec.sysctls = [("kernel.bulkhead_no_such_knob".to_string(), "1".to_string())]
+        .into_iter()
+        .collect();
+    let m = start_error(&agent, &spec);
+    assert!(
+        m.contains("cannot set sysctl kernel.bulkhead_no_such_knob to \"1\"")
+            && m.contains("No such file"),
+        "{m}"
+    );
+}
+
+/// A classic-BPF seccomp filter for x86_64 failing the syscalls `nrs`
+/// with EPERM and allowing everything else.
+fn deny_filter(nrs: &[u32]) -> Vec<u8> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut b = code.to_ne_bytes().to_vec();
+        b.extend([jt, jf]);
+        b.extend(k.to_ne_bytes());
+        b
+    };
+    // seccomp_data: nr at offset 0, arch at 4.
+    let mut p = insn(LD_W_ABS, 0, 0, 4);
+    p.extend(insn(JEQ_K, 1, 0, AUDIT_ARCH_X86_64));
+    p.extend(insn(RET_K, 0, 0, RET_ALLOW));
+    p.extend(insn(LD_W_ABS, 0, 0, 0));
+    for (i, nr) in nrs.iter().enumerate() {
+        // Jumps over the remaining compares and the allow, to the deny.
+        p.extend(insn(JEQ_K, (nrs.len() - i) as u8, 0, *nr));
+    }
+    p.extend(insn(RET_K, 0, 0, RET_ALLOW));
+    p.extend(insn(
+        RET_K,
+        0,
+        0,
+        RET_ERRNO | nix::errno::Errno::EPERM as u32,
+    ));
+    p
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn seccomp_filter_fails_the_syscalls_it_names() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let status = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status";
+    // With no_new_privileges, installed last: mkdir and mkdirat.
+    let mut spec = agent.spec(&[
+        "sh",
+        "-c",
+        &format!("echo before; mkdir /tmp/x; echo status=$?; {status}"),
+    ]);
+    spec.process.no_new_privileges = true;
+    spec.seccomp_bpf = Some(deny_filter(&[83, 258]));
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "before\nstatus=1\nNoNewPrivs:\t1\nSeccomp:\t2\n"
+    );
+    assert!(
+        out.stderr.contains("Operation not permitted"),
+        "{}",
+        out.stderr
+    );
+
+    // Without, installed while the init is still privileged: chmod,
+    // fchmod, fchmodat, fchmodat2; mkdir works.
+    let mut spec = agent.spec(&[
+        "sh",
+        "-c",
+        &format!(
+            "touch /tmp/f; chmod 600 /tmp/f; echo status=$?; mkdir /tmp/d && echo mkdir-ok; {status}"
+        ),
+    ]);
+    spec.seccomp_bpf = Some(deny_filter(&[90, 91, 268, 452]));
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "status=1\nmkdir-ok\nNoNewPrivs:\t0\nSeccomp:\t2\n"
+    );
+    assert!(
+        out.stderr.contains("Operation not permitted"),
+        "{}",
+        out.stderr
+    );
+
+    // A jump past the end: the kernel refuses the program.
+    let mut spec = agent.spec(&["true"]);
+    let mut bad = 0x15u16.to_ne_bytes().to_vec();
+    bad.extend([9, 9]);
+    bad.extend(0u32.to_ne_bytes());
+    spec.seccomp_bpf = Some(bad);
+    let m = start_error(&agent, &spec);
+    assert!(
+        m.contains("cannot install the seccomp filter (1 instructions)")
+            && m.contains("Invalid argument"),
+        "{m}"
+    );
+}

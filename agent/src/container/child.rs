@@ -1,7 +1,9 @@
 //! The container's init: runs in the cloned child, inside the new
 //! namespaces and in the agent's memory (CLONE_VM) until it execs. It
 //! joins the cgroup, mounts /proc, /sys, /dev and the volume binds, pivots
-//! into the root the agent prepared, then becomes the container's process.
+//! into the root the agent prepared, sets the sysctls, masks and freezes
+//! the listed paths, then becomes the container's process (its seccomp
+//! filter installed on the way).
 //!
 //! Nothing here allocates or unwinds: the agent prepared everything (see
 //! `launch`), the init only makes syscalls and writes its timings into
@@ -26,9 +28,12 @@ use super::capabilities::{apply_process_sets, drop_bounding, CapError};
 use super::channel::{self, Failure};
 use super::fsops::{apply_all_raw, FsOpError};
 use super::launch::Launch;
+use super::masks::PathError;
 use super::namespaces::loopback_up;
 use super::process::{apply_rlimits, rlimit_error, switch_user, user_error, ProcessError};
 use super::rootfs::{enter, enter_error, make_private, PivotError};
+use super::seccomp::SeccompError;
+use super::sysctl::SysctlError;
 use super::user::UserError;
 use crate::stdio::set_window_size;
 use crate::trace::Mark;
@@ -49,6 +54,12 @@ pub enum ChildError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Capabilities(#[from] CapError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Paths(#[from] PathError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("cannot create working directory {path}: {source}")]
     Cwd { path: String, source: Errno },
     #[error("cannot enter working directory {path}: {source}")]
@@ -87,9 +98,13 @@ pub enum Step {
     NoNewPrivs,
     Cwd,
     Chdir,
+    Sysctl,
+    ReadonlyPath,
+    MaskPath,
+    Seccomp,
 }
 
-const STEPS: [Step; 24] = [
+const STEPS: [Step; 28] = [
     Step::JoinCgroup,
     Step::CgroupNamespace,
     Step::MakePrivate,
@@ -114,6 +129,10 @@ const STEPS: [Step; 24] = [
     Step::NoNewPrivs,
     Step::Cwd,
     Step::Chdir,
+    Step::Sysctl,
+    Step::ReadonlyPath,
+    Step::MaskPath,
+    Step::Seccomp,
 ];
 
 fn fail(step: Step, index: usize, errno: Errno) -> Failure {
@@ -198,6 +217,20 @@ fn setup_and_exec(l: &Launch, report: RawFd, marks: &mut Marks) -> Result<Infall
     if let Some(h) = &l.hostname {
         nix::unistd::sethostname(h).map_err(at(Step::Hostname))?;
     }
+    // runc's order: sysctls (/proc/sys may be about to turn read-only),
+    // read-only paths, then masks (over what is now the final tree).
+    l.sysctls
+        .apply()
+        .map_err(|(i, e)| fail(Step::Sysctl, i, e))?;
+    l.paths
+        .apply_readonly()
+        .map_err(|(i, e)| fail(Step::ReadonlyPath, i, e))?;
+    l.paths
+        .apply_masks()
+        .map_err(|(i, e)| fail(Step::MaskPath, i, e))?;
+    if !l.sysctls.is_empty() || !l.paths.is_empty() {
+        marks.mark("init:paths");
+    }
     let tty = if l.terminal {
         let slave = open_terminal(l, report)?;
         marks.mark("init:tty");
@@ -207,6 +240,9 @@ fn setup_and_exec(l: &Launch, report: RawFd, marks: &mut Marks) -> Result<Infall
     };
     become_process(l, tty)?;
     marks.mark("init:creds");
+    if l.no_new_privileges {
+        install_seccomp(l)?;
+    }
     let failure = l.exec.exec();
     let mut line = StackLine::new();
     let _ = failure.write_message(l.exec.arg0(), &mut line);
@@ -338,6 +374,11 @@ fn become_process(l: &Launch, tty: Option<OwnedFd>) -> Result<(), Failure> {
     apply_rlimits(&l.rlimits).map_err(|(i, e)| fail(Step::Rlimit, i, e))?;
     // Needs CAP_SETPCAP: before the user switch.
     drop_bounding(&l.caps).map_err(|e| cap_failure(Step::Bounding, e))?;
+    // Without no_new_privileges only CAP_SYS_ADMIN may install a filter:
+    // now, while the init still has every capability (as runc does).
+    if !l.no_new_privileges {
+        install_seccomp(l)?;
+    }
     // Leaving uid 0 would clear the permitted set; keep it across the
     // switch so `apply_process_sets` can choose. Staying root keeps it
     // anyway, which saves two syscalls in the common case.
@@ -362,6 +403,13 @@ fn become_process(l: &Launch, tty: Option<OwnedFd>) -> Result<(), Failure> {
     umask(Mode::from_bits_truncate(0o022));
     reset_signals();
     Ok(())
+}
+
+fn install_seccomp(l: &Launch) -> Result<(), Failure> {
+    match &l.seccomp {
+        Some(filter) => filter.install().map_err(at(Step::Seccomp)),
+        None => Ok(()),
+    }
 }
 
 fn cap_failure(step: Step, e: CapError) -> Failure {
@@ -487,6 +535,22 @@ pub fn describe(failure: &Failure, l: &Launch) -> ChildError {
         Step::Chdir => ChildError::Chdir {
             path: l.cwd.to_string_lossy().into_owned(),
             source: errno,
+        },
+        Step::Sysctl => l
+            .sysctls
+            .error(index, errno)
+            .map_or(ChildError::Garbled, Into::into),
+        Step::ReadonlyPath => l
+            .paths
+            .readonly_error(index, errno)
+            .map_or(ChildError::Garbled, Into::into),
+        Step::MaskPath => l
+            .paths
+            .mask_error(index, errno)
+            .map_or(ChildError::Garbled, Into::into),
+        Step::Seccomp => match &l.seccomp {
+            Some(filter) => filter.error(errno).into(),
+            None => ChildError::Garbled,
         },
     }
 }

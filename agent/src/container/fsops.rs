@@ -8,6 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use thiserror::Error;
@@ -28,6 +29,11 @@ pub enum FsOp {
     },
     /// Creates a directory and its missing parents.
     MkdirAll {
+        path: PathBuf,
+    },
+    /// Creates an empty file unless something is there already: the mount
+    /// point of a file bind.
+    CreateFile {
         path: PathBuf,
     },
     Mount {
@@ -57,6 +63,8 @@ pub enum FsOpError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot create file {path}: {source}")]
+    CreateFile { path: PathBuf, source: Errno },
     #[error("cannot mount {what} on {target}: {source}")]
     Mount {
         what: String,
@@ -98,6 +106,14 @@ impl FsOp {
                 }
             }
             FsOp::MkdirAll { path } => std::fs::create_dir_all(path).map_err(io_errno),
+            // O_RDONLY: an existing file is left as it is, and a directory
+            // there fails (EISDIR) rather than taking a file bind.
+            FsOp::CreateFile { path } => nix::fcntl::open(
+                path.as_path(),
+                OFlag::O_CREAT | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .and_then(nix::unistd::close),
             FsOp::Mount {
                 source,
                 target,
@@ -152,6 +168,10 @@ impl FsOp {
                 target: target.clone(),
                 source: errno,
             },
+            FsOp::CreateFile { path } => FsOpError::CreateFile {
+                path: path.clone(),
+                source: errno,
+            },
             FsOp::Mknod { path, .. } => FsOpError::Mknod {
                 path: path.clone(),
                 source: errno,
@@ -171,7 +191,10 @@ fn io_errno(e: std::io::Error) -> Errno {
 fn describe_mount(source: Option<&PathBuf>, fstype: Option<&str>, flags: MsFlags) -> String {
     let source = source.map(|s| s.display().to_string());
     match (fstype, source) {
-        _ if flags.contains(MsFlags::MS_REMOUNT) => "a read-only remount".to_string(),
+        _ if flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY) => {
+            "a read-only remount".to_string()
+        }
+        _ if flags.contains(MsFlags::MS_REMOUNT) => "a remount".to_string(),
         (_, Some(s)) if flags.contains(MsFlags::MS_BIND) => format!("a bind mount of {s}"),
         (Some(t), Some(s)) if s != t => format!("{t} from {s}"),
         (Some(t), _) => t.to_string(),
@@ -248,6 +271,30 @@ mod tests {
         .apply()
         .unwrap_err();
         assert!(err.to_string().contains("missing/parent"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn create_file_keeps_what_is_there() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-fsops-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let new = FsOp::CreateFile {
+            path: dir.join("new"),
+        };
+        new.apply().unwrap();
+        assert_eq!(std::fs::read(dir.join("new")).unwrap(), b"");
+        std::fs::write(dir.join("kept"), "content").unwrap();
+        FsOp::CreateFile {
+            path: dir.join("kept"),
+        }
+        .apply()
+        .unwrap();
+        assert_eq!(std::fs::read(dir.join("kept")).unwrap(), b"content");
+        let on_dir = FsOp::CreateFile { path: dir.clone() };
+        assert_eq!(on_dir.apply_raw(), Err(Errno::EISDIR));
+        let err = on_dir.apply().unwrap_err().to_string();
+        assert!(err.starts_with("cannot create file "), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -17,9 +17,12 @@ use nix::errno::Errno;
 use super::capabilities::{capability_sets, CapMasks};
 use super::child::ChildError;
 use super::fsops::FsOp;
+use super::masks::PathRules;
 use super::process::{
     complete_env, env_value, inherit_tunables, ExecPlan, Identity, DEFAULT_PATH, GLIBC_TUNABLES,
 };
+use super::seccomp::Filter;
+use super::sysctl::Sysctls;
 use super::user::resolve;
 use crate::stdio::ChildStdio;
 
@@ -36,6 +39,12 @@ pub struct Launch {
     /// without one the init gets a new namespace at clone.
     pub netns: Option<OwnedFd>,
     pub hostname: Option<String>,
+    /// Written after the pivot, in the container's namespaces.
+    pub sysctls: Sysctls,
+    /// Masked and read-only paths, applied after the sysctls (which may
+    /// need /proc/sys before it turns read-only).
+    pub paths: PathRules,
+    pub seccomp: Option<Filter>,
     pub terminal: bool,
     pub console_size: Option<TtySize>,
     /// The init's ends of the stdio pipes (`None` with a terminal).
@@ -158,6 +167,13 @@ impl Launch {
             cgroup_procs,
             netns,
             hostname: spec.hostname.clone(),
+            sysctls: Sysctls::new(&spec.sysctls)?,
+            paths: PathRules::new(&spec.masked_paths, &spec.readonly_paths)?,
+            seccomp: spec
+                .seccomp_bpf
+                .as_deref()
+                .map(Filter::from_bytes)
+                .transpose()?,
             terminal: process.terminal,
             console_size: process.console_size,
             stdio,

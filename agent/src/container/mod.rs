@@ -3,11 +3,13 @@
 //! exits, then torn down.
 //!
 //! Like youki's libcontainer, each job has its module: `rootfs` and
-//! `devices` plan the filesystem, `disk` waits for late disks, `fsops`
-//! runs the plan, `cgroups` limits, `launch` prepares everything the init
-//! needs, `spawn` creates it without copying the agent, `channel` carries
-//! its reports back, `child` is the init itself, `capabilities`/`user`/
-//! `process` shape the process.
+//! `devices` plan the filesystem (`mount_options` reads a volume's
+//! options, `subpath` finds a volume's sub-path), `disk` waits for late
+//! disks, `fsops` runs the plan, `cgroups` limits, `launch` prepares
+//! everything the init needs, `spawn` creates it without copying the
+//! agent, `channel` carries its reports back, `child` is the init itself,
+//! `capabilities`/`user`/`process` shape the process, `sysctl`, `masks`
+//! and `seccomp` confine it.
 
 pub mod capabilities;
 pub mod cgroups;
@@ -17,11 +19,16 @@ pub mod devices;
 pub mod disk;
 pub mod fsops;
 pub mod launch;
+pub mod masks;
+pub mod mount_options;
 pub mod namespaces;
 pub mod prepared;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spawn;
+pub mod subpath;
+pub mod sysctl;
 pub mod user;
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -152,6 +159,8 @@ impl Container {
                     trace.mark(&name);
                 }
             }
+            // Needs the volumes mounted: a sub-path's kind is looked up.
+            let container_plan = plan.container(subpath::resolve)?;
             let (stdio, child_stdio) = if spec.process.terminal {
                 (Stdio::awaiting_pty(), None)
             } else {
@@ -161,7 +170,7 @@ impl Container {
             let launch = Launch::prepare(
                 spec,
                 layout.rootfs(),
-                plan.container,
+                container_plan,
                 cgroup.as_ref().map(Cgroup::procs_file).as_deref(),
                 prepared.take_netns(),
                 child_stdio,

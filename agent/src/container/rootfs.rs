@@ -1,20 +1,33 @@
-//! The container's root filesystem: image + scratch overlay, volumes,
-//! /proc, /sys, and the switch into it.
+//! The container's root filesystem: image + scratch overlay (or the
+//! image in place), volumes, /proc, /sys, and the switch into it.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
-use bulkhead_protocol::{Source, Storage};
+use bulkhead_protocol::{Source, Storage, Volume};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use thiserror::Error;
 
 use super::devices::dev_plan;
 use super::fsops::FsOp;
+use super::mount_options::{self, MountOptions, OptionError};
+use super::subpath::Resolved;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error("path {0:?} cannot be used in overlay options (contains ',', ':' or '\\')")]
     UnsafeOverlayPath(String),
+    #[error("volume {destination}: {source}")]
+    Option {
+        destination: String,
+        source: OptionError,
+    },
+    #[error("volume {destination}: cannot find subpath {subpath:?} in its source: {source}")]
+    Subpath {
+        destination: String,
+        subpath: String,
+        source: Errno,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -105,38 +118,39 @@ fn bind(source: PathBuf, target: PathBuf) -> FsOp {
     }
 }
 
-fn remount_read_only(target: PathBuf) -> FsOp {
+/// Changes the flags of the mount at `target`: how a bind gets them (a
+/// bind mount itself ignores every flag but MS_REC).
+fn remount(target: PathBuf, flags: MsFlags) -> FsOp {
     FsOp::Mount {
         source: None,
         target,
         fstype: None,
-        flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
         data: None,
     }
 }
 
-/// Makes `source` available as a directory: block devices and virtio-fs
-/// shares are mounted at `mount_point`, directories are used in place.
-fn materialize(
+/// Mounts `source` at `mount_point` with `flags` (and `data`, for a
+/// tmpfs). Directories are bound there: the in-place root must be a mount
+/// point of its own.
+fn mount_at(
     source: &Source,
     mount_point: PathBuf,
-    read_only: bool,
+    flags: MsFlags,
+    data: Option<&str>,
     ops: &mut Vec<FsOp>,
-) -> PathBuf {
-    let flags = if read_only {
-        MsFlags::MS_RDONLY
-    } else {
-        MsFlags::empty()
-    };
+) {
     match source {
-        Source::Directory { path } => PathBuf::from(path),
+        Source::Directory { path } => {
+            ops.push(mkdir(mount_point.clone()));
+            ops.push(bind(PathBuf::from(path), mount_point));
+        }
         Source::BlockDevice { path, fs_type } => {
             ops.push(FsOp::AwaitDisk {
                 device: PathBuf::from(path),
             });
             ops.push(mkdir(mount_point.clone()));
-            ops.push(fs_mount(path, mount_point.clone(), fs_type, flags, None));
-            mount_point
+            ops.push(fs_mount(path, mount_point, fs_type, flags, data));
         }
         // No wait: virtio-fs devices are probed at boot (a template's
         // slots too), and the backend is connected before the vCPUs run.
@@ -144,31 +158,78 @@ fn materialize(
         // writes fail early with EROFS instead of at the backend.
         Source::Virtiofs { tag } => {
             ops.push(mkdir(mount_point.clone()));
-            ops.push(fs_mount(tag, mount_point.clone(), "virtiofs", flags, None));
-            mount_point
+            ops.push(fs_mount(tag, mount_point, "virtiofs", flags, data));
         }
         Source::Tmpfs => {
             ops.push(mkdir(mount_point.clone()));
-            ops.push(fs_mount("tmpfs", mount_point.clone(), "tmpfs", flags, None));
-            mount_point
+            ops.push(fs_mount("tmpfs", mount_point, "tmpfs", flags, data));
         }
     }
 }
 
+/// Makes `source` available as a directory: block devices, virtio-fs
+/// shares and tmpfs are mounted at `mount_point`, directories are used in
+/// place.
+fn materialize(
+    source: &Source,
+    mount_point: PathBuf,
+    flags: MsFlags,
+    data: Option<&str>,
+    ops: &mut Vec<FsOp>,
+) -> PathBuf {
+    if let Source::Directory { path } = source {
+        return PathBuf::from(path);
+    }
+    mount_at(source, mount_point.clone(), flags, data, ops);
+    mount_point
+}
+
+/// A volume's options, read-only when either its `read_only` or its
+/// options say so (an `rw` option does not undo `read_only`).
+fn volume_options(v: &Volume) -> Result<MountOptions, PlanError> {
+    let mut options =
+        mount_options::parse(&v.options, v.source == Source::Tmpfs).map_err(|source| {
+            PlanError::Option {
+                destination: v.destination.clone(),
+                source,
+            }
+        })?;
+    if v.read_only {
+        options.flags |= MsFlags::MS_RDONLY;
+    }
+    Ok(options)
+}
+
+/// The sub-path as a relative path of normal components; `None` when it
+/// names the whole source (empty, or only `.`).
+fn subpath(v: &Volume) -> Option<PathBuf> {
+    let path: PathBuf = Path::new(v.subpath.as_deref()?)
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    (!path.as_os_str().is_empty()).then_some(path)
+}
+
 /// Where the writable volumes of `storage` are in the agent's view: their
-/// mount points, or the directories used in place.
+/// mount points, or the directories used in place; and an in-place root,
+/// whose writes are as much the user's data.
 pub fn writable_volumes(storage: &Storage, layout: &Layout) -> Vec<PathBuf> {
+    let root = (storage.in_place && !storage.read_only_root).then(|| layout.rootfs());
     storage
         .volumes
         .iter()
         .enumerate()
-        .filter(|(_, v)| !v.read_only)
+        .filter(|(_, v)| {
+            // A spec with bad options never gets this far.
+            volume_options(v).is_ok_and(|o| !o.flags.contains(MsFlags::MS_RDONLY))
+        })
         .map(|(i, v)| match &v.source {
             Source::Directory { path } => PathBuf::from(path),
             Source::BlockDevice { .. } | Source::Virtiofs { .. } | Source::Tmpfs => {
                 layout.volume(i)
             }
         })
+        .chain(root)
         .collect()
 }
 
@@ -180,6 +241,59 @@ fn overlay_path(p: &Path) -> Result<String, PlanError> {
     Ok(s)
 }
 
+/// One volume as the init binds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VolumeBind {
+    destination: String,
+    /// The volume's directory in the agent's view.
+    root: PathBuf,
+    subpath: Option<PathBuf>,
+    target: PathBuf,
+    /// Flags for the bind's remount; none when it needs none.
+    flags: MsFlags,
+}
+
+impl VolumeBind {
+    fn ops(
+        &self,
+        resolve: &dyn Fn(&Path, &Path) -> Result<Resolved, Errno>,
+        ops: &mut Vec<FsOp>,
+    ) -> Result<(), PlanError> {
+        let source = match &self.subpath {
+            None => Resolved {
+                path: self.root.clone(),
+                is_dir: true,
+            },
+            Some(sub) => resolve(&self.root, sub).map_err(|source| PlanError::Subpath {
+                destination: self.destination.clone(),
+                subpath: sub.display().to_string(),
+                source,
+            })?,
+        };
+        let target = self.target.clone();
+        if source.is_dir {
+            ops.push(FsOp::MkdirAll {
+                path: target.clone(),
+            });
+        } else {
+            // A file can only be bound onto a file.
+            if let Some(parent) = target.parent() {
+                ops.push(FsOp::MkdirAll {
+                    path: parent.to_path_buf(),
+                });
+            }
+            ops.push(FsOp::CreateFile {
+                path: target.clone(),
+            });
+        }
+        ops.push(bind(source.path, target.clone()));
+        if !self.flags.is_empty() {
+            ops.push(remount(target, self.flags));
+        }
+        Ok(())
+    }
+}
+
 /// The mounts of one container, split by who makes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -189,56 +303,76 @@ pub struct Plan {
     /// so the exit status is not held up by filesystem shutdown (journal
     /// flush, page cache eviction); the agent unmounts after replying.
     pub storage: Vec<FsOp>,
-    /// Made by the container's init in its new namespace: /proc, /sys,
-    /// cgroup2, /dev, then the volume binds (last, so they may sit
-    /// anywhere, even under /dev).
-    pub container: Vec<FsOp>,
+    /// The start of the init's part: /proc, /sys, cgroup2, /dev.
+    system: Vec<FsOp>,
+    volumes: Vec<VolumeBind>,
+    /// The root, when it is to be read-only.
+    read_only_root: Option<PathBuf>,
+}
+
+impl Plan {
+    /// The mounts the container's init makes in its new namespace: /proc,
+    /// /sys, cgroup2, /dev, then the volume binds (last, so they may sit
+    /// anywhere, even under /dev), then the read-only remount of the root
+    /// (after the binds, so their mount points can still be made; a
+    /// remount changes one mount, so the volumes keep their own modes).
+    ///
+    /// Call it once [`storage`](Self::storage) is mounted: a sub-path's
+    /// kind (directory or not) is looked up through `resolve` (normally
+    /// [`subpath::resolve`](super::subpath::resolve)).
+    pub fn container(
+        &self,
+        resolve: impl Fn(&Path, &Path) -> Result<Resolved, Errno>,
+    ) -> Result<Vec<FsOp>, PlanError> {
+        let mut ops = self.system.clone();
+        for v in &self.volumes {
+            v.ops(&resolve, &mut ops)?;
+        }
+        if let Some(root) = &self.read_only_root {
+            ops.push(remount(root.clone(), MsFlags::MS_RDONLY));
+        }
+        Ok(ops)
+    }
 }
 
 /// Plans the mounts for `storage` at `layout`.
 pub fn plan(storage: &Storage, layout: &Layout, cgroup_ns: bool) -> Result<Plan, PlanError> {
     let mut ops = vec![mkdir(layout.base.clone())];
-
-    let lower = materialize(&storage.lower, layout.lower(), true, &mut ops);
-    let scratch = match &storage.scratch {
-        Some(source) => materialize(source, layout.scratch(), false, &mut ops),
-        None => {
-            ops.push(mkdir(layout.scratch()));
-            ops.push(fs_mount(
-                "tmpfs",
-                layout.scratch(),
-                "tmpfs",
-                MsFlags::empty(),
-                Some("mode=0755"),
-            ));
-            layout.scratch()
-        }
-    };
-    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
-    ops.push(mkdir(upper.clone()));
-    ops.push(mkdir(work.clone()));
-
     let rootfs = layout.rootfs();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        overlay_path(&lower)?,
-        overlay_path(&upper)?,
-        overlay_path(&work)?
-    );
-    ops.push(mkdir(rootfs.clone()));
-    ops.push(fs_mount(
-        "overlay",
-        rootfs.clone(),
-        "overlay",
-        MsFlags::empty(),
-        Some(&data),
-    ));
-    let volume_sources: Vec<PathBuf> = storage
+    if storage.in_place {
+        // Writable even for a read-only root: mount points for /proc,
+        // /dev and the volumes may have to be made in it first.
+        mount_at(
+            &storage.lower,
+            rootfs.clone(),
+            MsFlags::empty(),
+            None,
+            &mut ops,
+        );
+    } else {
+        overlay_root(storage, layout, &mut ops)?;
+    }
+    let options = storage
         .volumes
         .iter()
-        .enumerate()
-        .map(|(i, v)| materialize(&v.source, layout.volume(i), v.read_only, &mut ops))
-        .collect();
+        .map(volume_options)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut volumes = Vec::new();
+    for (i, (v, o)) in storage.volumes.iter().zip(options).enumerate() {
+        // A tmpfs is made with all its options; other sources get only
+        // read-only (so writes fail early) and the rest on their bind.
+        let (flags, data) = match v.source {
+            Source::Tmpfs => (o.flags, o.data.as_deref()),
+            _ => (o.flags & MsFlags::MS_RDONLY, None),
+        };
+        volumes.push(VolumeBind {
+            destination: v.destination.clone(),
+            root: materialize(&v.source, layout.volume(i), flags, data, &mut ops),
+            subpath: subpath(v),
+            target: rootfs.join(v.destination.trim_start_matches('/')),
+            flags: o.flags,
+        });
+    }
     let storage_ops = ops;
 
     let mut ops = vec![
@@ -269,20 +403,58 @@ pub fn plan(storage: &Storage, layout: &Layout, cgroup_ns: bool) -> Result<Plan,
         ));
     }
     ops.extend(dev_plan(&rootfs.join("dev")));
-    for (v, source) in storage.volumes.iter().zip(volume_sources) {
-        let target = rootfs.join(v.destination.trim_start_matches('/'));
-        ops.push(FsOp::MkdirAll {
-            path: target.clone(),
-        });
-        ops.push(bind(source, target.clone()));
-        if v.read_only {
-            ops.push(remount_read_only(target));
-        }
-    }
     Ok(Plan {
         storage: storage_ops,
-        container: ops,
+        system: ops,
+        volumes,
+        read_only_root: storage.read_only_root.then_some(rootfs),
     })
+}
+
+/// The image as the read-only lower layer of an overlay whose writes go to
+/// the scratch (a disk, or a tmpfs without one).
+fn overlay_root(storage: &Storage, layout: &Layout, ops: &mut Vec<FsOp>) -> Result<(), PlanError> {
+    let lower = materialize(
+        &storage.lower,
+        layout.lower(),
+        MsFlags::MS_RDONLY,
+        None,
+        ops,
+    );
+    let scratch = match &storage.scratch {
+        Some(source) => materialize(source, layout.scratch(), MsFlags::empty(), None, ops),
+        None => {
+            ops.push(mkdir(layout.scratch()));
+            ops.push(fs_mount(
+                "tmpfs",
+                layout.scratch(),
+                "tmpfs",
+                MsFlags::empty(),
+                Some("mode=0755"),
+            ));
+            layout.scratch()
+        }
+    };
+    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+    ops.push(mkdir(upper.clone()));
+    ops.push(mkdir(work.clone()));
+
+    let rootfs = layout.rootfs();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        overlay_path(&lower)?,
+        overlay_path(&upper)?,
+        overlay_path(&work)?
+    );
+    ops.push(mkdir(rootfs.clone()));
+    ops.push(fs_mount(
+        "overlay",
+        rootfs,
+        "overlay",
+        MsFlags::empty(),
+        Some(&data),
+    ));
+    Ok(())
 }
 
 /// Makes every mount in this (new) namespace private, so nothing the
@@ -371,6 +543,12 @@ mod tests {
             .collect()
     }
 
+    /// The init's part of a plan without sub-path volumes.
+    fn container(plan: &Plan) -> Vec<FsOp> {
+        plan.container(|root, sub| panic!("looked up {root:?} {sub:?}"))
+            .unwrap()
+    }
+
     fn overlay_data(ops: &[FsOp]) -> String {
         ops.iter()
             .find_map(|op| match op {
@@ -394,7 +572,8 @@ mod tests {
                 }
                 assert!(
                     before.iter().chain(&ops[..i]).any(|o| matches!(o,
-                        FsOp::Mkdir { path, .. } | FsOp::MkdirAll { path } if path == target)),
+                        FsOp::Mkdir { path, .. } | FsOp::MkdirAll { path }
+                        | FsOp::CreateFile { path } if path == target)),
                     "{} mounted before being created",
                     target.display()
                 );
@@ -413,7 +592,7 @@ mod tests {
                 ("/run/bulkhead/c1/rootfs".into(), "overlay".into()),
             ]
         );
-        let m = mounts(&plan.container);
+        let m = mounts(&container(&plan));
         let expect_prefix = [
             ("/run/bulkhead/c1/rootfs/proc", "proc"),
             ("/run/bulkhead/c1/rootfs/sys", "sysfs"),
@@ -440,8 +619,7 @@ mod tests {
         assert!(plan.storage.contains(&FsOp::AwaitDisk {
             device: "/dev/vdb".into()
         }));
-        assert!(!plan
-            .container
+        assert!(!container(&plan)
             .iter()
             .any(|op| matches!(op, FsOp::AwaitDisk { .. })));
         assert_eq!(
@@ -450,7 +628,7 @@ mod tests {
              workdir=/run/bulkhead/c1/scratch/work"
         );
         assert_created_before_mounted(&[], &plan.storage);
-        assert_created_before_mounted(&plan.storage, &plan.container);
+        assert_created_before_mounted(&plan.storage, &container(&plan));
     }
 
     #[test]
@@ -470,7 +648,9 @@ mod tests {
                 ("/run/bulkhead/c1/rootfs".into(), "overlay".into()),
             ]
         );
-        assert!(!mounts(&plan.container).iter().any(|(_, f)| f == "cgroup2"));
+        assert!(!mounts(&container(&plan))
+            .iter()
+            .any(|(_, f)| f == "cgroup2"));
         assert!(overlay_data(&plan.storage).starts_with("lowerdir=/images/busybox,"));
     }
 
@@ -503,7 +683,7 @@ mod tests {
             flags: MsFlags::MS_RDONLY,
             data: None,
         }));
-        let m = mounts(&plan.container);
+        let m = mounts(&container(&plan));
         let last: Vec<(&str, &str)> = m[m.len() - 3..]
             .iter()
             .map(|(t, f)| (t.as_str(), f.as_str()))
@@ -516,7 +696,7 @@ mod tests {
                 ("/run/bulkhead/c1/rootfs/var/cache/app", "bind"),
             ]
         );
-        assert!(plan.container.contains(&FsOp::Mount {
+        assert!(container(&plan).contains(&FsOp::Mount {
             source: Some("/host/cache".into()),
             target: "/run/bulkhead/c1/rootfs/var/cache/app".into(),
             fstype: None,
@@ -586,7 +766,7 @@ mod tests {
 
         // Bound into the container in spec order (a share's subdirectory
         // volume after the share), the read-only one remounted read-only.
-        let m = mounts(&plan.container);
+        let m = mounts(&container(&plan));
         let last: Vec<(&str, &str)> = m[m.len() - 4..]
             .iter()
             .map(|(t, f)| (t.as_str(), f.as_str()))
@@ -600,7 +780,7 @@ mod tests {
                 ("/run/bulkhead/c1/rootfs/out", "bind"),
             ]
         );
-        assert!(plan.container.contains(&FsOp::Mount {
+        assert!(container(&plan).contains(&FsOp::Mount {
             source: Some("/run/bulkhead/c1/volume0".into()),
             target: "/run/bulkhead/c1/rootfs/srv".into(),
             fstype: None,
@@ -608,7 +788,7 @@ mod tests {
             data: None,
         }));
         assert_created_before_mounted(&[], &plan.storage);
-        assert_created_before_mounted(&plan.storage, &plan.container);
+        assert_created_before_mounted(&plan.storage, &container(&plan));
 
         // Shutdown flushes the writable share like a writable disk.
         assert_eq!(
@@ -618,6 +798,243 @@ mod tests {
                 PathBuf::from("/run/bulkhead/c1/volume2"),
             ]
         );
+    }
+
+    fn volume(source: Source, destination: &str) -> Volume {
+        Volume::new(source, destination, false)
+    }
+
+    #[test]
+    fn in_place_root_is_the_lower_itself() {
+        for (lower, expect) in [
+            (
+                Source::directory("/bundle/rootfs"),
+                ("/run/bulkhead/c1/rootfs".to_string(), "bind".to_string()),
+            ),
+            (
+                Source::virtiofs("share0"),
+                ("/run/bulkhead/c1/rootfs".into(), "virtiofs".into()),
+            ),
+        ] {
+            let storage = Storage {
+                lower: lower.clone(),
+                in_place: true,
+                // Ignored: nothing waits for it or mounts it.
+                scratch: Some(Source::block_device("/dev/vdb")),
+                ..Storage::default()
+            };
+            let plan = plan(&storage, &layout(), false).unwrap();
+            assert_eq!(mounts(&plan.storage), [expect], "{lower:?}");
+            assert!(!plan
+                .storage
+                .iter()
+                .any(|op| matches!(op, FsOp::AwaitDisk { .. })));
+            // Writable in the agent's view (the mount points are made in
+            // it), and flushed at shutdown like a volume.
+            assert!(plan.storage.iter().all(|op| !matches!(op,
+                FsOp::Mount { flags, .. } if flags.contains(MsFlags::MS_RDONLY))));
+            assert_eq!(
+                writable_volumes(&storage, &layout()),
+                [PathBuf::from("/run/bulkhead/c1/rootfs")]
+            );
+            let c = container(&plan);
+            assert!(!c.iter().any(|op| matches!(op,
+                FsOp::Mount { flags, .. } if flags.contains(MsFlags::MS_REMOUNT))));
+            assert_created_before_mounted(&[], &plan.storage);
+            assert_created_before_mounted(&plan.storage, &c);
+        }
+        assert!(plan(
+            &Storage {
+                lower: Source::directory("/bundle/rootfs"),
+                in_place: true,
+                ..Storage::default()
+            },
+            &layout(),
+            false
+        )
+        .unwrap()
+        .storage
+        .contains(&bind(
+            "/bundle/rootfs".into(),
+            "/run/bulkhead/c1/rootfs".into()
+        )));
+    }
+
+    #[test]
+    fn read_only_root_is_remounted_after_the_volumes() {
+        let mut storage = Storage {
+            read_only_root: true,
+            volumes: vec![volume(Source::directory("/host/data"), "/data")],
+            ..Storage::default()
+        };
+        for in_place in [false, true] {
+            storage.in_place = in_place;
+            let plan = plan(&storage, &layout(), false).unwrap();
+            let c = container(&plan);
+            let m = mounts(&c);
+            assert_eq!(
+                m[m.len() - 2..],
+                [
+                    (
+                        "/run/bulkhead/c1/rootfs/data".to_string(),
+                        "bind".to_string()
+                    ),
+                    ("/run/bulkhead/c1/rootfs".into(), "remount".into()),
+                ]
+            );
+            // Only the root: MS_REC would take the volumes with it.
+            assert_eq!(
+                c.last(),
+                Some(&FsOp::Mount {
+                    source: None,
+                    target: "/run/bulkhead/c1/rootfs".into(),
+                    fstype: None,
+                    flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    data: None,
+                })
+            );
+            // A read-only in-place root has nothing to flush.
+            assert_eq!(
+                writable_volumes(&storage, &layout()),
+                [PathBuf::from("/host/data")]
+            );
+        }
+    }
+
+    #[test]
+    fn subpaths_bind_files_onto_files_and_directories_onto_directories() {
+        let mut hosts = volume(Source::virtiofs("share0"), "/etc/hosts");
+        hosts.subpath = Some("hosts".into());
+        hosts.read_only = true;
+        let mut conf = volume(Source::directory("/host/etc"), "/srv/conf");
+        conf.subpath = Some("./app/conf".into());
+        let mut whole = volume(Source::directory("/host/all"), "/all");
+        whole.subpath = Some(".".into());
+        let storage = Storage {
+            volumes: vec![hosts, conf, whole],
+            ..Storage::default()
+        };
+        let plan = plan(&storage, &layout(), false).unwrap();
+        let looked_up = std::cell::RefCell::new(Vec::new());
+        let c = plan
+            .container(|root, sub| {
+                looked_up
+                    .borrow_mut()
+                    .push((root.to_path_buf(), sub.to_path_buf()));
+                Ok(Resolved {
+                    path: root.join(sub),
+                    is_dir: sub != Path::new("hosts"),
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            looked_up.into_inner(),
+            [
+                ("/run/bulkhead/c1/volume0".into(), "hosts".into()),
+                ("/host/etc".into(), "app/conf".into()),
+            ]
+        );
+        let r = |p: &str| PathBuf::from("/run/bulkhead/c1/rootfs").join(p);
+        let tail = &c[c.len() - 8..];
+        assert_eq!(
+            tail,
+            [
+                FsOp::MkdirAll { path: r("etc") },
+                FsOp::CreateFile {
+                    path: r("etc/hosts")
+                },
+                bind("/run/bulkhead/c1/volume0/hosts".into(), r("etc/hosts")),
+                remount(r("etc/hosts"), MsFlags::MS_RDONLY),
+                FsOp::MkdirAll {
+                    path: r("srv/conf")
+                },
+                bind("/host/etc/app/conf".into(), r("srv/conf")),
+                FsOp::MkdirAll { path: r("all") },
+                bind("/host/all".into(), r("all")),
+            ]
+        );
+        assert_created_before_mounted(&plan.storage, &c);
+
+        let missing = plan.container(|_, _| Err(Errno::ENOENT)).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "volume /etc/hosts: cannot find subpath \"hosts\" in its source: \
+             ENOENT: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn volume_options_become_flags_and_tmpfs_data() {
+        let mut tmp = volume(Source::Tmpfs, "/tmp");
+        tmp.options = ["nosuid", "nodev", "size=64m", "mode=1777", "rbind"]
+            .map(String::from)
+            .to_vec();
+        let mut data = volume(Source::block_device("/dev/vdc"), "/data");
+        data.options = ["noexec", "ro", "relatime", "rprivate"]
+            .map(String::from)
+            .to_vec();
+        let mut rw = volume(Source::directory("/host/rw"), "/rw");
+        rw.options = vec!["rw".into()];
+        let storage = Storage {
+            volumes: vec![tmp, data, rw],
+            ..Storage::default()
+        };
+        let plan = plan(&storage, &layout(), false).unwrap();
+        // The tmpfs is made with everything; the disk only read-only.
+        assert!(plan.storage.contains(&fs_mount(
+            "tmpfs",
+            "/run/bulkhead/c1/volume0".into(),
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("size=64m,mode=1777"),
+        )));
+        assert!(plan.storage.contains(&fs_mount(
+            "/dev/vdc",
+            "/run/bulkhead/c1/volume1".into(),
+            "ext4",
+            MsFlags::MS_RDONLY,
+            None,
+        )));
+        let c = container(&plan);
+        let r = |p: &str| PathBuf::from("/run/bulkhead/c1/rootfs").join(p);
+        assert!(c.contains(&remount(r("tmp"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV)));
+        assert!(c.contains(&remount(
+            r("data"),
+            MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY | MsFlags::MS_RELATIME
+        )));
+        // Nothing to change on a plain writable bind.
+        assert!(!c.iter().any(|op| matches!(op,
+            FsOp::Mount { target, flags, .. }
+                if *target == r("rw") && flags.contains(MsFlags::MS_REMOUNT))));
+        assert_eq!(
+            writable_volumes(&storage, &layout()),
+            [
+                PathBuf::from("/run/bulkhead/c1/volume0"),
+                PathBuf::from("/host/rw")
+            ]
+        );
+
+        let mut bad = volume(Source::directory("/host/x"), "/x");
+        bad.options = vec!["ro".into(), "tmpcopyup".into()];
+        let err = plan_err(vec![bad]);
+        assert_eq!(
+            err.to_string(),
+            "volume /x: unsupported mount option \"tmpcopyup\""
+        );
+        let mut bad = volume(Source::Tmpfs, "/t");
+        bad.options = vec!["size=1m,uid=0".into()];
+        assert!(matches!(
+            plan_err(vec![bad]),
+            PlanError::Option { destination, source: OptionError::BadValue(_) } if destination == "/t"
+        ));
+    }
+
+    fn plan_err(volumes: Vec<Volume>) -> PlanError {
+        let storage = Storage {
+            volumes,
+            ..Storage::default()
+        };
+        plan(&storage, &layout(), false).unwrap_err()
     }
 
     #[test]
