@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     accept4, bind, listen, socket, AddressFamily, Backlog, Shutdown, SockFlag, SockType, VsockAddr,
@@ -103,10 +104,30 @@ impl Drop for Listener {
 pub struct Connection(OwnedFd);
 
 impl Connection {
+    /// Makes reads and writes return `WouldBlock` instead of waiting: the
+    /// agent serves several connections from one poll loop.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        let flags = OFlag::from_bits_truncate(fcntl(self.0.as_raw_fd(), FcntlArg::F_GETFL)?);
+        fcntl(
+            self.0.as_raw_fd(),
+            FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+        )?;
+        Ok(())
+    }
+
+    /// Ends our sending side: the peer reads to the end of what we sent,
+    /// and may still send.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        Ok(nix::sys::socket::shutdown(
+            self.0.as_raw_fd(),
+            Shutdown::Write,
+        )?)
+    }
+
     /// Ends our side and waits (up to `timeout`) for the peer to close
     /// its side, so everything we sent has been received.
     pub fn linger(&mut self, timeout: Duration) {
-        if nix::sys::socket::shutdown(self.0.as_raw_fd(), Shutdown::Write).is_err() {
+        if self.shutdown_write().is_err() {
             return;
         }
         let deadline = Instant::now() + timeout;
@@ -122,6 +143,7 @@ impl Connection {
             }
             match self.read(&mut buf) {
                 Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 _ => return,
             }
         }

@@ -1,12 +1,17 @@
 //! The container's cgroup v2 group: limits from the spec, OOM detection,
-//! removal.
+//! the processes in it, freezing them and signalling them all, removal.
 
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulkhead_protocol::Resources;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -30,6 +35,24 @@ pub enum CgroupError {
         value: String,
         cgroup: PathBuf,
         source: std::io::Error,
+    },
+    #[error("cannot read {file} in {cgroup}: {source}")]
+    Read {
+        file: &'static str,
+        cgroup: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cgroup {cgroup} did not report {state} within {waited:?}")]
+    Unsettled {
+        cgroup: PathBuf,
+        state: &'static str,
+        waited: Duration,
+    },
+    #[error("cannot signal process {pid} of cgroup {cgroup}: {source}")]
+    Signal {
+        pid: u32,
+        cgroup: PathBuf,
+        source: Errno,
     },
 }
 
@@ -91,6 +114,40 @@ pub fn parse_oom_kills(events: &str) -> u64 {
         .filter_map(|l| l.strip_prefix("oom_kill "))
         .find_map(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The pids listed in a `cgroup.procs` file.
+pub fn parse_pids(procs: &str) -> impl Iterator<Item = u32> + '_ {
+    procs.lines().filter_map(|l| l.trim().parse().ok())
+}
+
+/// The `frozen` state of a `cgroup.events` file.
+pub fn parse_frozen(events: &str) -> Option<bool> {
+    events
+        .lines()
+        .filter_map(|l| l.strip_prefix("frozen "))
+        .find_map(|v| match v.trim() {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        })
+}
+
+/// Appends the pids of `dir`'s group and of every group below it.
+fn collect_pids(dir: &Path, out: &mut Vec<u32>) -> std::io::Result<()> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+    out.extend(parse_pids(&procs));
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            match collect_pids(&entry.path(), out) {
+                // A child group removed while we walk had no processes.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A cgroup directory owned by the agent; removed explicitly with
@@ -168,6 +225,97 @@ impl Cgroup {
         std::fs::read_to_string(self.path.join("memory.events"))
             .map(|e| parse_oom_kills(&e) > 0)
             .unwrap_or(false)
+    }
+
+    /// The pids (in the agent's pid namespace, which reads the files) of
+    /// every process in the group, including the groups the container
+    /// made below it.
+    pub fn processes(&self) -> Result<Vec<u32>, CgroupError> {
+        let mut pids = Vec::new();
+        collect_pids(&self.path, &mut pids).map_err(|source| CgroupError::Read {
+            file: "cgroup.procs",
+            cgroup: self.path.clone(),
+            source,
+        })?;
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    /// Whether the group is (being) frozen, as last asked of it.
+    pub fn freeze_requested(&self) -> bool {
+        std::fs::read_to_string(self.path.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+    }
+
+    /// Freezes (or thaws) the group and returns once `cgroup.events` says
+    /// it is, or fails after `timeout`: a process stuck in the kernel can
+    /// keep a group from freezing. The kernel wakes pollers of
+    /// `cgroup.events` (POLLPRI) when it changes, so this waits without
+    /// spinning.
+    pub fn freeze(&self, frozen: bool, timeout: Duration) -> Result<(), CgroupError> {
+        write_file(&self.path, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+        let read_err = |source| CgroupError::Read {
+            file: "cgroup.events",
+            cgroup: self.path.clone(),
+            source,
+        };
+        let mut events = File::open(self.path.join("cgroup.events")).map_err(read_err)?;
+        let deadline = Instant::now() + timeout;
+        let mut text = String::new();
+        loop {
+            text.clear();
+            events
+                .rewind()
+                .and_then(|()| events.read_to_string(&mut text))
+                .map_err(read_err)?;
+            if parse_frozen(&text) == Some(frozen) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(CgroupError::Unsettled {
+                    cgroup: self.path.clone(),
+                    state: if frozen { "frozen 1" } else { "frozen 0" },
+                    waited: timeout,
+                });
+            }
+            // Short slices bound the wait even if a change notification
+            // were missed between the read and the poll.
+            let slice = left.min(Duration::from_millis(50));
+            let ms = u16::try_from(slice.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLPRI)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(read_err(e.into())),
+            }
+        }
+    }
+
+    /// Sends `signal` to every process in the group. SIGKILL goes through
+    /// `cgroup.kill`, which also catches processes forking meanwhile;
+    /// other signals go to each listed process (one forked after the
+    /// listing misses it, as with `runc kill --all`).
+    pub fn signal_all(&self, signal: Signal) -> Result<(), CgroupError> {
+        if signal == Signal::SIGKILL && write_file(&self.path, "cgroup.kill", "1").is_ok() {
+            return Ok(());
+        }
+        for pid in self.processes()? {
+            let Ok(raw) = i32::try_from(pid) else {
+                continue;
+            };
+            match kill(Pid::from_raw(raw), signal) {
+                // Exited since the listing.
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(source) => {
+                    return Err(CgroupError::Signal {
+                        pid,
+                        cgroup: self.path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Kills whatever is left in the group and removes it. Best effort:
@@ -284,6 +432,36 @@ mod tests {
         assert_eq!(parse_oom_kills(events), 2);
         assert_eq!(parse_oom_kills("oom 1\n"), 0);
         assert_eq!(parse_oom_kills(""), 0);
+    }
+
+    #[test]
+    fn procs_and_events_parse() {
+        assert_eq!(parse_pids("12\n7\n\n").collect::<Vec<_>>(), [12, 7]);
+        assert_eq!(parse_pids("").count(), 0);
+        assert_eq!(parse_frozen("populated 1\nfrozen 1\n"), Some(true));
+        assert_eq!(parse_frozen("populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(parse_frozen("populated 1\n"), None);
+    }
+
+    #[test]
+    fn processes_are_collected_from_the_group_and_below() {
+        // A plain directory stands in for cgroupfs: only the files are read.
+        let dir = std::env::temp_dir().join(format!("bulkhead-cg-procs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("child/grandchild")).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "30\n10\n").unwrap();
+        std::fs::write(dir.join("child/cgroup.procs"), "").unwrap();
+        std::fs::write(dir.join("child/grandchild/cgroup.procs"), "20\n10\n").unwrap();
+        let cgroup = Cgroup { path: dir.clone() };
+        assert_eq!(cgroup.processes().unwrap(), [10, 20, 30]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            cgroup.processes(),
+            Err(CgroupError::Read {
+                file: "cgroup.procs",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -240,9 +240,25 @@ fn setup_and_exec(l: &Launch, report: RawFd, marks: &mut Marks) -> Result<Infall
     };
     become_process(l, tty)?;
     marks.mark("init:creds");
+    install_late_seccomp(l)?;
+    exec_or_exit(l)
+}
+
+/// With no_new_privileges the seccomp filter goes on last, once the
+/// process is the container's (without, `become_process` installed it
+/// while the capability to do so was still there). Shared with processes
+/// exec'd into the container.
+pub(super) fn install_late_seccomp(l: &Launch) -> Result<(), Failure> {
     if l.no_new_privileges {
         install_seccomp(l)?;
     }
+    Ok(())
+}
+
+/// Execs the process; if that fails, says why on its stderr and exits with
+/// Docker's code (127/126), as the process would report it itself. Shared
+/// with processes exec'd into the container.
+pub(super) fn exec_or_exit(l: &Launch) -> ! {
     let failure = l.exec.exec();
     let mut line = StackLine::new();
     let _ = failure.write_message(l.exec.arg0(), &mut line);
@@ -252,7 +268,7 @@ fn setup_and_exec(l: &Launch, report: RawFd, marks: &mut Marks) -> Result<Infall
     unsafe { libc::_exit(failure.code) }
 }
 
-fn write_all(fd: RawFd, mut bytes: &[u8]) -> Result<(), Errno> {
+pub(super) fn write_all(fd: RawFd, mut bytes: &[u8]) -> Result<(), Errno> {
     while !bytes.is_empty() {
         // SAFETY: writes from a live slice.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
@@ -310,7 +326,7 @@ fn owned(raw: c_int, step: Step) -> Result<OwnedFd, Failure> {
 /// Opens a pty pair on the container's own devpts (so the process sees
 /// its terminal under /dev/pts), sends the master to the agent and returns
 /// the slave.
-fn open_terminal(l: &Launch, report: RawFd) -> Result<OwnedFd, Failure> {
+pub(super) fn open_terminal(l: &Launch, report: RawFd) -> Result<OwnedFd, Failure> {
     // SAFETY: a NUL-terminated literal path and plain flags.
     let master = unsafe {
         libc::open(
@@ -349,7 +365,7 @@ fn open_terminal(l: &Launch, report: RawFd) -> Result<OwnedFd, Failure> {
 }
 
 /// From here on this process is the container's.
-fn become_process(l: &Launch, tty: Option<OwnedFd>) -> Result<(), Failure> {
+pub(super) fn become_process(l: &Launch, tty: Option<OwnedFd>) -> Result<(), Failure> {
     nix::unistd::setsid().map_err(at(Step::Session))?;
     match (&tty, &l.stdio) {
         (Some(slave), _) => {

@@ -9,7 +9,8 @@
 //! everything the init needs, `spawn` creates it without copying the
 //! agent, `channel` carries its reports back, `child` is the init itself,
 //! `capabilities`/`user`/`process` shape the process, `sysctl`, `masks`
-//! and `seccomp` confine it.
+//! and `seccomp` confine it, `exec` runs further processes in a started
+//! container.
 
 pub mod capabilities;
 pub mod cgroups;
@@ -17,6 +18,7 @@ pub mod channel;
 pub mod child;
 pub mod devices;
 pub mod disk;
+pub mod exec;
 pub mod fsops;
 pub mod launch;
 pub mod masks;
@@ -33,8 +35,9 @@ pub mod user;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use bulkhead_protocol::{ContainerSpec, ExitStatus, SpecError, StepTime, Termination};
+use bulkhead_protocol::{ContainerSpec, ExitStatus, ProcessSpec, SpecError, StepTime, Termination};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
@@ -43,15 +46,15 @@ use thiserror::Error;
 
 use self::capabilities::{capability_sets, CapError};
 use self::cgroups::{Cgroup, CgroupError};
-use self::channel::Report;
+use self::channel::{Failure, Report};
 use self::child::{ChildArgs, ChildError, Marks};
 use self::fsops::{step_name, FsOpError};
 use self::launch::Launch;
-use self::namespaces::clone_flags;
+use self::namespaces::{clone_flags, pid_namespace_members};
 use self::prepared::Prepared;
 use self::rootfs::{Layout, PlanError};
 use self::spawn::{spawn, Stack};
-use crate::reaper::wait_for;
+use crate::reaper::Reaper;
 use crate::stdio::Stdio;
 use crate::trace::{step, Mark, Trace};
 
@@ -79,7 +82,14 @@ pub enum ContainerError {
     WrongState(&'static str),
     #[error("invalid signal {0}")]
     BadSignal(i32),
+    #[error("no cgroup to freeze")]
+    NoCgroup,
+    #[error("cannot list the container's processes: {0}")]
+    ListProcesses(std::io::Error),
 }
+
+/// How long Freeze waits for the cgroup to report the new state.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn sys(what: &'static str) -> impl FnOnce(Errno) -> ContainerError {
     move |source| ContainerError::Sys { what, source }
@@ -102,6 +112,12 @@ enum State {
 
 #[derive(Debug)]
 pub struct Container {
+    /// Unique among the agent's containers: what side connections name
+    /// the container they were opened on by.
+    id: String,
+    /// What processes exec'd into the container start from: its settings,
+    /// with their own process in place of the init's.
+    spec: Box<ContainerSpec>,
     state: State,
     cgroup: Option<Cgroup>,
     layout: Layout,
@@ -180,6 +196,8 @@ impl Container {
         })();
         match result {
             Ok((launch, stdio)) => Ok(Container {
+                id: id.to_string(),
+                spec: Box::new(spec.clone()),
                 state: State::Created(Box::new(launch)),
                 cgroup,
                 writable_volumes: rootfs::writable_volumes(&spec.storage, &layout),
@@ -195,6 +213,31 @@ impl Container {
                 layout.teardown(spec.storage.volumes.len());
                 Err(e)
             }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The container's spec with `process` as its process: the base of a
+    /// process exec'd into it.
+    pub fn spec_for(&self, process: &ProcessSpec) -> ContainerSpec {
+        ContainerSpec {
+            process: process.clone(),
+            ..(*self.spec).clone()
+        }
+    }
+
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// The init's pid while it runs (started, not exited).
+    pub fn running_pid(&self) -> Option<Pid> {
+        match self.state {
+            State::Running(pid) => Some(pid),
+            _ => None,
         }
     }
 
@@ -217,7 +260,12 @@ impl Container {
     /// Spawns the init, which sets up the namespaces and execs the
     /// process. Returns once it has exec'd (or failed to, which the process
     /// reports itself with 127/126), with the steps since Create began.
-    pub fn start(&mut self, stack: &mut Stack) -> Result<(Pid, Vec<StepTime>), ContainerError> {
+    /// The init is watched by `reaper` from its spawn on.
+    pub fn start(
+        &mut self,
+        stack: &mut Stack,
+        reaper: &mut Reaper,
+    ) -> Result<(Pid, Vec<StepTime>), ContainerError> {
         let launch = match &self.state {
             State::Created(launch) => launch,
             State::Running(_) => return Err(ContainerError::WrongState("already started")),
@@ -242,6 +290,7 @@ impl Container {
         // Our copy of the init's end: the channel ends when the init's does.
         drop(theirs);
         let pid = spawned.map_err(sys("cannot create the container init"))?;
+        reaper.watch(pid);
         record_spawn(&mut self.trace, before, &marks, resumed);
 
         let reached_exec = marks
@@ -274,6 +323,53 @@ impl Container {
         }
     }
 
+    /// Sends `signal` to every process of the container: through its
+    /// cgroup, or without one to every process of its pid namespace.
+    pub fn signal_all(&self, signal: i32) -> Result<(), ContainerError> {
+        let sig = Signal::try_from(signal).map_err(|_| ContainerError::BadSignal(signal))?;
+        if self.running_pid().is_none() {
+            return Ok(());
+        }
+        if let Some(cgroup) = &self.cgroup {
+            return Ok(cgroup.signal_all(sig)?);
+        }
+        for pid in self.processes()? {
+            match kill(Pid::from_raw(pid as i32), sig) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(sys("cannot signal the container")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The pids (the agent's view) of every process in the container: its
+    /// cgroup's, or without a cgroup those of its pid namespace. Empty
+    /// before the start.
+    pub fn processes(&self) -> Result<Vec<u32>, ContainerError> {
+        if let Some(cgroup) = &self.cgroup {
+            return Ok(cgroup.processes()?);
+        }
+        match self.state {
+            State::Running(pid) => match pid_namespace_members(pid) {
+                Ok(pids) => Ok(pids),
+                // The init exited meanwhile: nothing is left.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(ContainerError::ListProcesses(e)),
+            },
+            State::Created(_) | State::Exited(..) => Ok(Vec::new()),
+        }
+    }
+
+    /// Freezes or thaws the running container's processes, returning once
+    /// its cgroup reports them so.
+    pub fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        if self.running_pid().is_none() {
+            return Err(ContainerError::WrongState("not running"));
+        }
+        let cgroup = self.cgroup.as_ref().ok_or(ContainerError::NoCgroup)?;
+        Ok(cgroup.freeze(frozen, FREEZE_TIMEOUT)?)
+    }
+
     /// Records the reaped status of the container's init.
     pub fn set_exited(&mut self, status: WaitStatus) {
         if let (Some(pid), Some(t)) = (self.pid(), termination(status)) {
@@ -303,11 +399,12 @@ impl Container {
     }
 
     /// Kills the process if still alive and reaps it (its pid namespace,
-    /// and so every process of the container, dies with it).
-    pub fn stop(&mut self) {
+    /// and so every process of the container, dies with it). Statuses of
+    /// exec'd processes reaped meanwhile stay with `reaper`.
+    pub fn stop(&mut self, reaper: &mut Reaper) {
         if let State::Running(pid) = self.state {
             let _ = kill(pid, Signal::SIGKILL);
-            if let Ok(status) = wait_for(pid) {
+            if let Some(status) = reaper.wait_for(pid) {
                 self.set_exited(status);
             }
         }
@@ -332,8 +429,8 @@ impl Container {
     }
 
     /// Stops the container and removes its cgroup and mount points.
-    pub fn destroy(mut self) {
-        self.stop();
+    pub fn destroy(mut self, reaper: &mut Reaper) {
+        self.stop(reaper);
         if let Some(c) = self.cgroup.take() {
             c.remove();
         }
@@ -373,6 +470,19 @@ fn collect_reports(
     launch: &Launch,
     stdio: &mut Stdio,
 ) -> Result<(), ContainerError> {
+    collect_reports_with(channel, launch, stdio, |f| {
+        child::describe(f, launch).into()
+    })
+}
+
+/// [`collect_reports`] with the reading of failures left to `describe`
+/// (an exec'd process has setup steps of its own).
+fn collect_reports_with(
+    channel: std::os::fd::BorrowedFd<'_>,
+    launch: &Launch,
+    stdio: &mut Stdio,
+    describe: impl Fn(&Failure) -> ContainerError,
+) -> Result<(), ContainerError> {
     let mut got_pty = false;
     loop {
         match channel::recv_report(channel)
@@ -384,7 +494,7 @@ fn collect_reports(
                     .map_err(sys("cannot set up the terminal"))?;
                 got_pty = true;
             }
-            Report::Failed(f) => return Err(child::describe(&f, launch).into()),
+            Report::Failed(f) => return Err(describe(&f)),
             Report::Garbled => return Err(ChildError::Garbled.into()),
             Report::Closed => break,
         }
