@@ -266,7 +266,16 @@ impl ReadyPipe {
             .filter(|fd| *fd > 2);
         std::env::remove_var(READY_FD_ENV);
         // SAFETY: `launch` handed us this descriptor, open and ours alone.
-        ReadyPipe(fd.map(|fd| unsafe { File::from_raw_fd(fd) }))
+        let file = fd.map(|fd| unsafe { File::from_raw_fd(fd) });
+        // Nothing we start (virtiofsd) may hold it open: `launch` waits for
+        // its end of file.
+        if let Some(f) = &file {
+            let _ = nix::fcntl::fcntl(
+                f.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+        }
+        ReadyPipe(file)
     }
 
     fn ok(&mut self) {

@@ -176,8 +176,14 @@ impl Record {
 pub struct Root(PathBuf);
 
 impl Root {
+    /// `path`, else `$BULKHEAD_ROOT/containers` when a store root is set
+    /// (so one root holds all of a test's or a user's state), else
+    /// /run/bulkhead.
     pub fn new(path: Option<PathBuf>) -> Root {
-        Root(path.unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)))
+        Root(path.unwrap_or_else(|| match std::env::var_os("BULKHEAD_ROOT") {
+            Some(store) => PathBuf::from(store).join("containers"),
+            None => PathBuf::from(DEFAULT_ROOT),
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -293,8 +299,9 @@ impl Locked {
     /// monitor is gone has stopped, however it ended.
     pub fn current(&self) -> Result<Record, StateError> {
         let mut r = self.record()?;
-        if r.status != Status::Stopped && r.status != Status::Creating && !monitor_alive(&self.dir)
-        {
+        // We hold the lock `create` holds while it creates: a container
+        // still "creating" lost its creator.
+        if r.status != Status::Stopped && !monitor_alive(&self.dir) {
             r.status = Status::Stopped;
         }
         if r.exit.is_none() {
