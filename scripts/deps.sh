@@ -3,7 +3,10 @@
 set -euo pipefail
 # libseccomp-dev and pkg-config: the CLI links libseccomp to compile OCI
 # seccomp profiles into the guest's BPF filter (and virtiofsd links it too).
-pkgs=(e2fsprogs busybox-static cpio util-linux gcc libc6-dev runc libseccomp-dev pkg-config)
+# podman, containerd and docker.io: tests/tests/engines.rs runs bulkhead
+# as their OCI runtime (util-linux's script(1) gives `podman run -t` a tty).
+pkgs=(e2fsprogs busybox-static cpio util-linux gcc libc6-dev runc libseccomp-dev pkg-config
+    podman containerd docker.io)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

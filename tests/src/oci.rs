@@ -49,7 +49,8 @@ pub fn whiteout(path: &str) -> Entry {
     file(wh.to_str().unwrap(), b"", 0o644)
 }
 
-fn tar_layer(entries: &[Entry]) -> Vec<u8> {
+/// A tarball of `entries` (a layer, or a whole root file system).
+pub fn tar_layer(entries: &[Entry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         let mut h = tar::Header::new_gnu();

@@ -54,7 +54,8 @@ fn connect_while(uds: &Path, alive: impl Fn() -> bool) -> anyhow::Result<UnixStr
 
 /// One hybrid-vsock CONNECT; `None` while nobody listens in the guest.
 fn try_connect(uds: &Path) -> anyhow::Result<Option<UnixStream>> {
-    let mut stream = match UnixStream::connect(uds) {
+    let (address, _dir_fd) = super::control::socket_path(uds)?;
+    let mut stream = match UnixStream::connect(&address) {
         Ok(s) => s,
         Err(e)
             if matches!(

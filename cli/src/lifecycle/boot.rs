@@ -39,6 +39,8 @@ pub struct Booted {
     pub boot: Boot,
     pub uds: PathBuf,
     pub console_log: PathBuf,
+    /// Holds `dir` open while the sockets are reached through it.
+    _dir: Option<std::fs::File>,
 }
 
 /// Starts `plan`'s VM with its files in `dir`. A signal that arrives
@@ -47,6 +49,9 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
     let kernel = paths::kernel()?;
     let agent = paths::agent()?;
     let initramfs = paths::agent_initramfs(&agent)?;
+    // Sockets are bound by path; a deep `dir` is reached through a descriptor.
+    let (dir, dir_fd) = super::control::socket_dir(dir)?;
+    let dir = dir.as_path();
     let mut shares = if plan.host_dirs.is_empty() {
         Shares::default()
     } else {
@@ -91,6 +96,7 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
         boot,
         uds: machine.uds,
         console_log: machine.console_log,
+        _dir: dir_fd,
     })
 }
 

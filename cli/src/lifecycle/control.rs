@@ -3,9 +3,11 @@
 //! VM. One request line per connection, one reply line:
 //! `start` | `kill SIGNAL [all]`  ->  `ok` | `error MESSAGE`.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -48,10 +50,39 @@ impl Request {
 /// the guest to exec the process, which takes seconds on PVM hosts.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The longest path a unix socket address holds (`sun_path` less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// `dir` as a prefix short enough for the sockets made in it (each name
+/// under 20 bytes): itself, or, for a deep container directory
+/// (containerd's and Docker's state roots with 64-character ids make
+/// paths over 107 bytes), `/proc/self/fd/N` through the returned
+/// descriptor of `dir`, which must stay open while the paths are used.
+pub fn socket_dir(dir: &Path) -> anyhow::Result<(PathBuf, Option<File>)> {
+    if dir.as_os_str().len() + 20 <= SUN_PATH_MAX {
+        return Ok((dir.to_path_buf(), None));
+    }
+    let fd = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let short = Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string());
+    Ok((short, Some(fd)))
+}
+
+/// The socket at `path` as an address that fits (see [`socket_dir`]).
+pub fn socket_path(path: &Path) -> anyhow::Result<(PathBuf, Option<File>)> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if path.as_os_str().len() > SUN_PATH_MAX => {
+            let (dir, fd) = socket_dir(dir)?;
+            Ok((dir.join(name), fd))
+        }
+        _ => Ok((path.to_path_buf(), None)),
+    }
+}
+
 /// Sends `request` to the monitor of the container in `dir`.
 pub fn send(dir: &Path, request: Request) -> anyhow::Result<()> {
     let path = dir.join(super::state::CONTROL_SOCKET);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
+    let (address, _dir_fd) = socket_path(&path)?;
+    let mut stream = UnixStream::connect(&address).with_context(|| {
         format!(
             "the container's monitor does not answer at {}",
             path.display()
@@ -96,7 +127,8 @@ impl Server {
     pub fn bind(dir: &Path) -> anyhow::Result<Server> {
         let path = dir.join(super::state::CONTROL_SOCKET);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
+        let (address, _dir_fd) = socket_path(&path)?;
+        let listener = UnixListener::bind(&address)
             .with_context(|| format!("cannot listen on {}", path.display()))?;
         Ok(Server { listener })
     }
@@ -166,6 +198,25 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "no such thing");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_deep_container_dir_still_gets_its_socket() {
+        // containerd's shim: /run/containerd/runc/NAMESPACE/<64-char id>.
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("x".repeat(40)).join("y".repeat(64));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(
+            dir.join(super::super::state::CONTROL_SOCKET)
+                .as_os_str()
+                .len()
+                > SUN_PATH_MAX
+        );
+        let server = Server::bind(&dir).unwrap();
+        assert!(dir.join(super::super::state::CONTROL_SOCKET).exists());
+        let t = std::thread::spawn(move || server.next().unwrap().reply(Ok(())));
+        send(&dir, Request::Start).unwrap();
         t.join().unwrap();
     }
 }
