@@ -320,6 +320,26 @@ impl Root {
         Run::from_output(out)
     }
 
+    /// Runs a `bulkhead ARGS` that leaves a process holding its stdio (a
+    /// container's monitor, as `create` does): waits for the command's exit,
+    /// not for the end of its output, which comes with the container's.
+    pub fn bulkhead_detaching(&self, args: &[&str]) -> Run {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let err = tempfile::NamedTempFile::new().unwrap();
+        let status = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(out.reopen().unwrap())
+            .stderr(err.reopen().unwrap())
+            .status()
+            .expect("run bulkhead");
+        Run {
+            code: status.code(),
+            stdout: std::fs::read_to_string(out.path()).unwrap_or_default(),
+            stderr: std::fs::read_to_string(err.path()).unwrap_or_default(),
+        }
+    }
+
     /// Starts `bulkhead ARGS` and returns the child, for signal tests.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         self.command(args)

@@ -124,6 +124,7 @@ fn serve(root: &Root, id: &str, ready: &mut ReadyPipe) -> anyhow::Result<Exit> {
     let dir = root.path().join(id);
     let _alive = MonitorLock::take(&dir)?;
     let plan = Plan::read(&dir.join(state::PLAN))?;
+    crate::template::set_quiet();
     let router = SignalRouter::install()?;
     let control = control::Server::bind(&dir)?;
     let created = create(&plan, &dir, &router, &mut |_| {})?;

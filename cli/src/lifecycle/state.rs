@@ -180,10 +180,12 @@ impl Root {
     /// (so one root holds all of a test's or a user's state), else
     /// /run/bulkhead.
     pub fn new(path: Option<PathBuf>) -> Root {
-        Root(path.unwrap_or_else(|| match std::env::var_os("BULKHEAD_ROOT") {
-            Some(store) => PathBuf::from(store).join("containers"),
-            None => PathBuf::from(DEFAULT_ROOT),
-        }))
+        Root(
+            path.unwrap_or_else(|| match std::env::var_os("BULKHEAD_ROOT") {
+                Some(store) => PathBuf::from(store).join("containers"),
+                None => PathBuf::from(DEFAULT_ROOT),
+            }),
+        )
     }
 
     pub fn path(&self) -> &Path {

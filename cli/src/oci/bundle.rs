@@ -52,7 +52,10 @@ fn plan(spec: &Spec, bundle: &Path) -> anyhow::Result<Plan> {
     }
     let read_only_root = root.readonly().unwrap_or(false);
     let mut shares = Shares::default();
-    shares.add(&rootfs, read_only_root);
+    // Writable on the host even for root.readonly: mount points the config
+    // needs may be missing and are made first; the guest then makes the
+    // root read-only, as runc does.
+    shares.add(&rootfs, false);
     let mut volumes = Vec::new();
     for m in spec.mounts().iter().flatten() {
         if let Some(v) = volume(m, &mut shares)? {

@@ -60,10 +60,10 @@ pub fn build(
         .context("cannot write template metadata")?;
     std::fs::rename(&snapshot_dir, dir)
         .with_context(|| format!("cannot install template in {}", dir.display()))?;
-    eprintln!(
-        "bulkhead: template {key} ready ({:.1} s)",
+    super::notice(format_args!(
+        "template {key} ready ({:.1} s)",
         started.elapsed().as_secs_f64()
-    );
+    ));
     Ok(())
 }
 

@@ -116,6 +116,25 @@ impl TemplateSpec {
 
 /// `$BULKHEAD_TEMPLATES`, or `templates/` under the state root. Tests
 /// point every private root at one directory so they share templates.
+/// Whether template notices ("making template …") are kept off stderr:
+/// in a monitor, stderr is the container's, which an engine logs as the
+/// container's own output.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_quiet() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A notice about templates, on stderr unless [`set_quiet`] (then at
+/// debug level, for `$BULKHEAD_LOG`).
+pub fn notice(message: std::fmt::Arguments<'_>) {
+    if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        log::debug!("{message}");
+    } else {
+        eprintln!("bulkhead: {message}");
+    }
+}
+
 pub fn templates_dir() -> PathBuf {
     std::env::var_os("BULKHEAD_TEMPLATES")
         .map(PathBuf::from)
@@ -157,7 +176,9 @@ pub fn ensure(spec: &TemplateSpec, on_boot: OnBoot<'_>) -> anyhow::Result<Templa
             built: false,
         });
     }
-    eprintln!("bulkhead: making template {key} (first use: boots the guest once)");
+    notice(format_args!(
+        "making template {key} (first use: boots the guest once)"
+    ));
     remove_made_by_other_builds(&base);
     build::build(spec, &key, &dir, on_boot)?;
     Ok(Template {
@@ -174,10 +195,10 @@ pub fn rebuild(
     why: &str,
     on_boot: OnBoot<'_>,
 ) -> anyhow::Result<Template> {
-    eprintln!(
-        "bulkhead: template {} is unusable ({why}); rebuilding it",
+    notice(format_args!(
+        "template {} is unusable ({why}); rebuilding it",
         broken.key
-    );
+    ));
     let base = templates_dir();
     let _lock = lock(&base.join(format!(".{}.lock", broken.key)))?;
     remove_dir(&broken.dir)?;
