@@ -13,7 +13,7 @@ use bulkhead_protocol::{
     read_message, write_message, AgentClient, AgentMessage, ContainerSpec, Event, ExitStatus,
     HostMessage, ProcessSpec, ProtocolError, Termination, TtySize, User,
 };
-use support::{can_run, Agent};
+use support::{can_run, deny_filter, Agent};
 
 /// The longest any one read may take: a test that would hang fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -660,38 +660,6 @@ fn exec_in_init_mode() {
         agent.wait_exit(Duration::from_secs(10)).is_some(),
         "namespace did not end"
     );
-}
-
-/// A classic-BPF seccomp filter for x86_64 failing the syscalls `nrs`
-/// with EPERM and allowing everything else (as in tests/container.rs).
-fn deny_filter(nrs: &[u32]) -> Vec<u8> {
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x15;
-    const RET_K: u16 = 0x06;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
-        let mut b = code.to_ne_bytes().to_vec();
-        b.extend([jt, jf]);
-        b.extend(k.to_ne_bytes());
-        b
-    };
-    let mut p = insn(LD_W_ABS, 0, 0, 4);
-    p.extend(insn(JEQ_K, 1, 0, AUDIT_ARCH_X86_64));
-    p.extend(insn(RET_K, 0, 0, RET_ALLOW));
-    p.extend(insn(LD_W_ABS, 0, 0, 0));
-    for (i, nr) in nrs.iter().enumerate() {
-        p.extend(insn(JEQ_K, (nrs.len() - i) as u8, 0, *nr));
-    }
-    p.extend(insn(RET_K, 0, 0, RET_ALLOW));
-    p.extend(insn(
-        RET_K,
-        0,
-        0,
-        RET_ERRNO | nix::errno::Errno::EPERM as u32,
-    ));
-    p
 }
 
 #[test]

@@ -377,3 +377,37 @@ pub fn run_on(
 pub fn run(agent: &Agent, spec: &ContainerSpec, stdin: &[u8]) -> Output {
     run_on(agent.connect(), spec, stdin).0
 }
+
+/// A classic-BPF seccomp filter for x86_64 failing the syscalls `nrs`
+/// with EPERM and allowing everything else.
+pub fn deny_filter(nrs: &[u32]) -> Vec<u8> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut b = code.to_ne_bytes().to_vec();
+        b.extend([jt, jf]);
+        b.extend(k.to_ne_bytes());
+        b
+    };
+    // seccomp_data: nr at offset 0, arch at 4.
+    let mut p = insn(LD_W_ABS, 0, 0, 4);
+    p.extend(insn(JEQ_K, 1, 0, AUDIT_ARCH_X86_64));
+    p.extend(insn(RET_K, 0, 0, RET_ALLOW));
+    p.extend(insn(LD_W_ABS, 0, 0, 0));
+    for (i, nr) in nrs.iter().enumerate() {
+        // Jumps over the remaining compares and the allow, to the deny.
+        p.extend(insn(JEQ_K, (nrs.len() - i) as u8, 0, *nr));
+    }
+    p.extend(insn(RET_K, 0, 0, RET_ALLOW));
+    p.extend(insn(
+        RET_K,
+        0,
+        0,
+        RET_ERRNO | nix::errno::Errno::EPERM as u32,
+    ));
+    p
+}

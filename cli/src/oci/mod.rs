@@ -476,47 +476,27 @@ fn parse_user(user: &str) -> User {
 
 #[derive(Args, Debug)]
 pub struct RunBundleArgs {
-    #[arg(short = 'b', long)]
-    pub bundle: Option<PathBuf>,
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
-    #[arg(long)]
-    pub console_socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub create: CreateArgs,
     #[arg(short = 'd', long)]
     pub detach: bool,
-    #[arg(long, default_value_t = 0)]
-    pub preserve_fds: u32,
-    #[arg(long)]
-    pub no_pivot: bool,
-    #[arg(long)]
-    pub no_new_keyring: bool,
+    /// Keep the container's state after it exits.
     #[arg(long)]
     pub keep: bool,
-    pub id: String,
 }
 
 /// runc's `run`: create + start, then (unless detached) wait for the
 /// container and delete it.
 pub fn run_bundle(global: &Global, args: &RunBundleArgs) -> anyhow::Result<ExitCode> {
-    create(
-        global,
-        &CreateArgs {
-            bundle: args.bundle.clone(),
-            pid_file: args.pid_file.clone(),
-            console_socket: args.console_socket.clone(),
-            preserve_fds: args.preserve_fds,
-            no_pivot: args.no_pivot,
-            no_new_keyring: args.no_new_keyring,
-            id: args.id.clone(),
-        },
-    )?;
-    start(global, &args.id)?;
+    let id = &args.create.id;
+    create(global, &args.create)?;
+    start(global, id)?;
     if args.detach {
         return Ok(ExitCode::SUCCESS);
     }
     let root = global.root();
     let exit = loop {
-        let c = Locked::open(&root, &args.id)?;
+        let c = Locked::open(&root, id)?;
         let r = c.current()?;
         if r.status == Status::Stopped {
             let exit = r.exit.unwrap_or(Exit::Code(255));
