@@ -14,6 +14,13 @@ pub enum ImageCommand {
     Ls,
     /// Remove an image name.
     Rm { names: Vec<String> },
+    /// Write an image's root as a tar (to FILE, or stdout), for
+    /// `podman import`, `docker import` and the like.
+    Export {
+        name: String,
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 fn human(bytes: u64) -> String {
@@ -45,6 +52,24 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                     image.digest.short(),
                     human(image.size)
                 );
+            }
+        }
+        ImageCommand::Export { name, output } => {
+            let reference = ImageRef::parse(&name)
+                .with_context(|| format!("invalid image reference {name:?}"))?;
+            let image = store
+                .resolve(&reference)
+                .with_context(|| format!("cannot use image {name}"))?;
+            let written = match &output {
+                Some(path) => std::fs::File::create(path).and_then(|f| {
+                    bulkhead_rootfs::export_tar(&image.rootfs, std::io::BufWriter::new(f))
+                }),
+                None => bulkhead_rootfs::export_tar(&image.rootfs, std::io::stdout().lock()),
+            };
+            match written {
+                // A reader that stopped early (`| tar -t | head`) is no failure.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.with_context(|| format!("cannot export image {name}"))?,
             }
         }
         ImageCommand::Rm { names } => {

@@ -19,6 +19,7 @@
 pub mod busybox;
 pub mod config;
 pub mod digest;
+pub mod export;
 pub mod ext4;
 mod fsutil;
 pub mod initramfs;
@@ -36,6 +37,7 @@ pub use config::{
     ProcessSpec, RunOverrides,
 };
 pub use digest::{Digest, DigestError};
+pub use export::export_tar;
 pub use ext4::{ext4_from_dir, scratch_disk, DiskError};
 pub use initramfs::{build_initramfs, InitramfsError};
 pub use reference::{ImageRef, ReferenceError};

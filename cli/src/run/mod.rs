@@ -67,7 +67,8 @@ pub struct RunArgs {
     /// Give the container a terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Remove the container when it exits (always so without -d).
+    /// Remove the container when it exits: always so without -d, not yet
+    /// supported with it.
     #[arg(long)]
     pub rm: bool,
     /// Run in the background (a monitor process holds the VM) and print
