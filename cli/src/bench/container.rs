@@ -1,5 +1,6 @@
 //! The plain-container baseline: the image's own root filesystem run by
-//! `crun` or `runc` on the host, from an OCI bundle written here.
+//! `crun` or `runc` on the host, from an OCI bundle written here; and the
+//! same bundles run by bulkhead's own runc-compatible `run --bundle`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,12 +24,20 @@ pub struct Runtime {
     pub path: PathBuf,
 }
 
-/// crun and runc, whichever are on PATH.
+/// crun and runc, whichever are on PATH, and this bulkhead as an OCI
+/// runtime on the same bundles.
 pub fn installed() -> Vec<Runtime> {
-    [(System::Crun, "crun"), (System::Runc, "runc")]
+    let mut found: Vec<Runtime> = [(System::Crun, "crun"), (System::Runc, "runc")]
         .into_iter()
         .filter_map(|(system, name)| which(name).map(|path| Runtime { system, path }))
-        .collect()
+        .collect();
+    if let Ok(path) = std::env::current_exe() {
+        found.push(Runtime {
+            system: System::BulkheadOci,
+            path,
+        });
+    }
+    found
 }
 
 /// `runc spec`'s defaults, running `args` on the read-only `rootfs`.

@@ -247,7 +247,10 @@ fn prepare_runtimes(scratch: &Path, rootfs: &Path) -> Vec<RuntimeBench> {
             Err(e) => progress(format_args!("{name}: skipped, it cannot run here: {e:#}")),
         }
     }
-    if ready.is_empty() {
+    if ready
+        .iter()
+        .all(|r| r.runtime.system == System::BulkheadOci)
+    {
         progress(format_args!(
             "no usable crun or runc: no container baseline"
         ));

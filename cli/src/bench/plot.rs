@@ -59,7 +59,7 @@ pub fn bars(rows: &[Row]) -> Vec<Bar> {
             }
         }
     }
-    for system in [System::Crun, System::Runc] {
+    for system in [System::Crun, System::Runc, System::BulkheadOci] {
         for w in WORKLOADS {
             if let Some(v) = median_of(rows, system, &w.metric(TOTAL)) {
                 bars.push(Bar {

@@ -72,7 +72,11 @@ pub fn ratios(rows: &[Row], concurrent: u32) -> Vec<String> {
     let true_total = WORKLOADS[0].metric(TOTAL);
     let start_to_exit = "`true` start to exit";
     let mut out = Vec::new();
-    for ours in [System::BulkheadWarm, System::BulkheadCold] {
+    for ours in [
+        System::BulkheadWarm,
+        System::BulkheadCold,
+        System::BulkheadOci,
+    ] {
         for theirs in [System::Crun, System::Runc] {
             out.extend(ratio(
                 rows,

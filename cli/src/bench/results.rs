@@ -16,6 +16,10 @@ pub enum System {
     Crun,
     #[serde(rename = "runc")]
     Runc,
+    /// bulkhead itself as the OCI runtime (`bulkhead run --bundle`): the
+    /// lifecycle engines drive, on the same bundles as crun and runc.
+    #[serde(rename = "bulkhead-oci")]
+    BulkheadOci,
     #[serde(rename = "firecracker")]
     Firecracker,
 }
@@ -27,6 +31,7 @@ impl System {
             System::BulkheadCold => "bulkhead-cold",
             System::Crun => "crun",
             System::Runc => "runc",
+            System::BulkheadOci => "bulkhead-oci",
             System::Firecracker => "firecracker",
         }
     }
@@ -264,6 +269,7 @@ mod tests {
             System::BulkheadCold,
             System::Crun,
             System::Runc,
+            System::BulkheadOci,
             System::Firecracker,
         ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.name());
