@@ -181,7 +181,27 @@ fn stop_kills_after_its_grace_and_rm_force_and_logs_follow() {
     ok(&follow);
     assert_eq!(follow.stdout, "one\ntwo\n", "{follow:?}");
 
-    // rm -f of a running one, and kill -s.
+    // --rm: gone once it exits by itself, or once stopped.
+    ok(&root.bulkhead(&["run", "-d", "--rm", "--name", "brief", "busybox", "true"]));
+    ok(&root.bulkhead(&[
+        "run", "-d", "--rm", "--name", "longer", "busybox", "sleep", "1000",
+    ]));
+    ok(&root.bulkhead(&["stop", "-t", "1", "longer"]));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ps = root.bulkhead(&["ps", "-a", "-q"]);
+        ok(&ps);
+        if !ps.stdout.lines().any(|l| l == "brief" || l == "longer") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "--rm containers were kept: {ps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // rm -f of a running one.
     ok(&root.bulkhead(&["run", "-d", "--name", "victim", "busybox", "sleep", "1000"]));
     ok(&root.bulkhead(&["rm", "-f", "victim", "stubborn", "talker"]));
     let gone = root.bulkhead(&["logs", "victim"]);

@@ -158,6 +158,7 @@ fn serve(root: &Root, id: &str, ready: &mut ReadyPipe) -> anyhow::Result<Exit> {
     if let Err(e) = running.end() {
         eprintln!("bulkhead: the microVM did not shut down cleanly: {e}");
     }
+    state::remove_if_asked(&dir);
     Ok(exit)
 }
 

@@ -130,6 +130,9 @@ pub struct Record {
     /// Where the container's output goes when no engine holds its stdio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// `run -d --rm`: the monitor removes the container once it exits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
 }
 
 impl Record {
@@ -146,6 +149,7 @@ impl Record {
             image: None,
             command: Vec::new(),
             log: None,
+            auto_remove: false,
         }
     }
 
@@ -340,6 +344,35 @@ fn write_record(dir: &Path, record: &Record) -> Result<(), StateError> {
     })?;
     std::fs::write(&staging, json).map_err(io("cannot write", &staging))?;
     std::fs::rename(&staging, &path).map_err(io("cannot write", &path))
+}
+
+/// Removes the container in `dir` if its record asks for that. Called by
+/// the monitor once the container has exited; it waits a little for a
+/// command holding the container (`run -d` itself, whose container may be
+/// done before `run` is), but not for long: one that holds it longer
+/// (`delete`, `stop`) may be waiting for this monitor to exit, and removes
+/// the container itself.
+pub fn remove_if_asked(dir: &Path) {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+    if !read_record(dir).is_ok_and(|r| r.auto_remove) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let Ok(file) = File::open(dir.join(LOCK)) else {
+            return;
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_lock) => {
+                let _ = std::fs::remove_dir_all(dir);
+                return;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Records how the container's process ended (by the monitor).

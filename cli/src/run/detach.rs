@@ -18,9 +18,6 @@ pub fn run(args: &RunArgs, root: &Root) -> anyhow::Result<u8> {
     if args.tty {
         bail!("-t with -d needs `attach`, which bulkhead does not have: use `bulkhead exec -it` on the running container");
     }
-    if args.rm {
-        bail!("--rm with -d is not supported yet: remove the container with `bulkhead rm` once it exits");
-    }
     let request = Request::check(args)?;
     let id = match &args.name {
         Some(name) => name.clone(),
@@ -33,6 +30,7 @@ pub fn run(args: &RunArgs, root: &Root) -> anyhow::Result<u8> {
         record.image = Some(args.image.clone());
         record.command = plan.spec.process.args.clone();
         record.log = Some(log.clone());
+        record.auto_remove = args.rm;
         Ok((plan, record, MonitorStdio::Log(log.clone())))
     })?;
     if let Err(e) = lifecycle::start(&c) {

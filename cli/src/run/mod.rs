@@ -67,8 +67,7 @@ pub struct RunArgs {
     /// Give the container a terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Remove the container when it exits: always so without -d, not yet
-    /// supported with it.
+    /// Remove the container when it exits (always so without -d).
     #[arg(long)]
     pub rm: bool,
     /// Run in the background (a monitor process holds the VM) and print

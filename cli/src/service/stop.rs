@@ -22,12 +22,17 @@ pub fn stop(global: &Global, args: &StopArgs) -> anyhow::Result<()> {
     let root = global.root();
     for id in &args.ids {
         let c = Locked::open(&root, id)?;
-        if c.current()?.status != Status::Stopped {
+        let record = c.current()?;
+        if record.status != Status::Stopped {
             lifecycle::kill(&c, libc::SIGTERM, false)?;
             if !wait_gone(&c, Duration::from_secs(args.time)) {
                 lifecycle::kill(&c, libc::SIGKILL, false)?;
                 wait_gone(&c, Duration::from_secs(30));
             }
+        }
+        // Its monitor could not remove it while we held it.
+        if record.auto_remove {
+            lifecycle::delete(c, true)?;
         }
         println!("{id}");
     }
