@@ -128,7 +128,10 @@ fn serve(root: &Root, id: &str, ready: &mut ReadyPipe) -> anyhow::Result<Exit> {
     let router = SignalRouter::install()?;
     let control = control::Server::bind(&dir)?;
     let created = create(&plan, &dir, &router, &mut |_| {})?;
-    ready.ok();
+    if !ready.ok() {
+        // Nobody will start it or learn our pid: end the VM now.
+        bail!("the command creating the container is gone");
+    }
     let terminal = plan.spec.process.terminal;
     let Some(running) = await_start(created, &control)? else {
         return Ok(record(&dir, Exit::Signal(libc::SIGKILL)));
@@ -280,9 +283,11 @@ impl ReadyPipe {
         ReadyPipe(file)
     }
 
-    fn ok(&mut self) {
-        if let Some(mut f) = self.0.take() {
-            let _ = f.write_all(b"ok");
+    /// Reports success; false if nobody is waiting any more.
+    fn ok(&mut self) -> bool {
+        match self.0.take() {
+            Some(mut f) => f.write_all(b"ok").is_ok(),
+            None => true,
         }
     }
 
