@@ -807,13 +807,67 @@ fn unsupported_mount_options_are_rejected() {
         m.contains("volume /data: unsupported mount option \"bogus\""),
         "{m}"
     );
+    // A tmpfs option only.
     let mut spec = agent.spec(&["true"]);
     spec.storage.volumes = vec![Volume {
-        options: vec!["size=1m".into(), "tmpcopyup".into()],
-        ..Volume::new(Source::Tmpfs, "/run", false)
+        options: vec!["tmpcopyup".into()],
+        ..dir_volume(dir.path(), "/run")
     }];
     let m = create_error(&agent, &spec);
     assert!(m.contains("/run") && m.contains("\"tmpcopyup\""), "{m}");
+}
+
+#[test]
+fn tmpcopyup_fills_the_tmpfs_with_the_roots_files() {
+    require!(can_run(), "environment");
+    let agent = Agent::start();
+    let bundle = support::TempDir::new("bundle-copyup");
+    let rootfs = bundle_rootfs(&agent, &bundle);
+    let app = rootfs.join("srv/app");
+    std::fs::create_dir_all(app.join("sub")).unwrap();
+    std::fs::write(app.join("hostname"), "box\n").unwrap();
+    std::fs::write(app.join("sub/conf"), "k=v\n").unwrap();
+    std::os::unix::fs::symlink("sub/conf", app.join("link")).unwrap();
+    std::os::unix::fs::chown(app.join("sub/conf"), Some(1234), Some(5678)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [("", 0o750), ("sub/conf", 0o600)] {
+        std::fs::set_permissions(app.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let script = "cat /srv/app/hostname /srv/app/link; \
+                  stat -c '%a %u:%g' /srv/app /srv/app/sub/conf; \
+                  grep -c ' /srv/app tmpfs ' /proc/mounts; \
+                  echo new > /srv/app/new && echo written; \
+                  head -1 /etc/group; grep -c ' /etc tmpfs ' /proc/mounts; \
+                  ls -A /nothing-here | wc -l";
+    let tmpfs = |destination: &str, options: &[&str]| Volume {
+        options: options.iter().map(|o| o.to_string()).collect(),
+        ..Volume::new(Source::Tmpfs, destination, false)
+    };
+    let mut spec = agent.spec(&["sh", "-c", script]);
+    spec.storage.lower = Source::directory(rootfs.display().to_string());
+    spec.storage.in_place = true;
+    spec.storage.read_only_root = true;
+    spec.storage.volumes = vec![
+        tmpfs("/srv/app", &["tmpcopyup", "size=1m"]),
+        tmpfs("/etc", &["tmpcopyup", "nosuid"]),
+        // Nothing in the root to copy.
+        tmpfs("/nothing-here", &["tmpcopyup"]),
+    ];
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "box\nk=v\n750 0:0\n600 1234:5678\n1\nwritten\nroot:x:0:\n1\n0\n"
+    );
+    // The copy was written, not the root.
+    assert!(!app.join("new").exists());
+
+    // Without the option the tmpfs starts empty.
+    let mut spec = agent.spec(&["sh", "-c", "ls -A /etc | wc -l"]);
+    spec.storage.volumes = vec![tmpfs("/etc", &["size=1m"])];
+    let out = run(&agent, &spec, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "0\n");
 }
 
 #[test]

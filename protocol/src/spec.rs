@@ -335,7 +335,8 @@ pub struct Volume {
     /// OCI mount options. `nosuid`, `nodev`, `noexec`, `ro` and the atime
     /// flags are honoured; for a tmpfs, the rest (`size=`, `mode=`, ...)
     /// is its data. Bind and propagation options are accepted and mean
-    /// nothing more (every guest mount is private).
+    /// nothing more (every guest mount is private). `tmpcopyup` makes a
+    /// tmpfs start with a copy of what the root has at `destination`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
 }

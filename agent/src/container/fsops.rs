@@ -13,6 +13,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use thiserror::Error;
 
+use super::copyup::copy_up;
 use super::disk::{await_disk, DiskError, ATTACH_TIMEOUT};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,14 @@ pub enum FsOp {
         target: PathBuf,
         link: PathBuf,
     },
+    /// Copies what the container's root at `root` has at `path` (relative,
+    /// resolved inside `root`) into the fresh tmpfs at `to`: a volume's
+    /// `tmpcopyup`. Agent-side only.
+    CopyUp {
+        root: PathBuf,
+        path: PathBuf,
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -78,6 +87,11 @@ pub enum FsOpError {
         link: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot copy up {path}: {source}")]
+    CopyUp {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Disk(#[from] DiskError),
 }
@@ -89,6 +103,10 @@ impl FsOp {
         if let FsOp::AwaitDisk { device } = self {
             return Ok(await_disk(device, ATTACH_TIMEOUT)?);
         }
+        if let FsOp::CopyUp { root, path, to } = self {
+            return copy_up(root, path, to)
+                .map_err(|(path, source)| FsOpError::CopyUp { path, source });
+        }
         self.apply_raw().map_err(|e| self.error(e))
     }
 
@@ -97,8 +115,9 @@ impl FsOp {
     /// memory until it execs. [`error`](Self::error) makes the full error.
     pub fn apply_raw(&self) -> Result<(), Errno> {
         match self {
-            // Needs the agent's clock and sleeps: never in the init's plan.
-            FsOp::AwaitDisk { .. } => Err(Errno::EINVAL),
+            // Need the agent's clock and sleeps, or allocate: never in the
+            // init's plan.
+            FsOp::AwaitDisk { .. } | FsOp::CopyUp { .. } => Err(Errno::EINVAL),
             FsOp::Mkdir { path, mode } => {
                 match nix::unistd::mkdir(path, Mode::from_bits_truncate(*mode)) {
                     Ok(()) | Err(Errno::EEXIST) => Ok(()),
@@ -180,6 +199,10 @@ impl FsOp {
                 link: link.clone(),
                 source: errno.into(),
             },
+            FsOp::CopyUp { to, .. } => FsOpError::CopyUp {
+                path: to.clone(),
+                source: errno.into(),
+            },
         }
     }
 }
@@ -213,9 +236,10 @@ pub fn apply_all_raw(ops: &[FsOp]) -> Result<(), (usize, Errno)> {
 }
 
 /// A short, stable name for the step an agent-side op ends, if it is one
-/// worth timing on its own: the disk waits and the mounts, named after
-/// their mount point (`mount:lower`, `mount:volume0`) or device
-/// (`disk:vda`). Directory creation is counted in the step it precedes.
+/// worth timing on its own: the disk waits, the mounts and the copy-ups,
+/// named after their mount point (`mount:lower`, `mount:volume0`,
+/// `copyup:volume0`) or device (`disk:vda`). Directory creation is
+/// counted in the step it precedes.
 pub fn step_name(op: &FsOp) -> Option<String> {
     let leaf = |p: &std::path::Path| {
         p.file_name()
@@ -225,6 +249,7 @@ pub fn step_name(op: &FsOp) -> Option<String> {
     match op {
         FsOp::AwaitDisk { device } => Some(format!("disk:{}", leaf(device))),
         FsOp::Mount { target, .. } => Some(format!("mount:{}", leaf(target))),
+        FsOp::CopyUp { to, .. } => Some(format!("copyup:{}", leaf(to))),
         _ => None,
     }
 }
@@ -339,6 +364,13 @@ mod tests {
             device: "/dev/vdb".into(),
         };
         assert_eq!(step_name(&d).as_deref(), Some("disk:vdb"));
+        let c = FsOp::CopyUp {
+            root: "/run/bulkhead/c1/rootfs".into(),
+            path: "run".into(),
+            to: "/run/bulkhead/c1/volume2".into(),
+        };
+        assert_eq!(step_name(&c).as_deref(), Some("copyup:volume2"));
+        assert_eq!(c.apply_raw(), Err(Errno::EINVAL));
         assert_eq!(step_name(&FsOp::MkdirAll { path: "/x".into() }), None);
     }
 

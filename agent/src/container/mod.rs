@@ -16,6 +16,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod channel;
 pub mod child;
+pub mod copyup;
 pub mod devices;
 pub mod disk;
 pub mod exec;

@@ -23,6 +23,9 @@ pub struct MountOptions {
     pub flags: MsFlags,
     /// The tmpfs data (`size=64m,mode=1777`); `None` when there is none.
     pub data: Option<String>,
+    /// `tmpcopyup`: the tmpfs starts with a copy of what the container's
+    /// root has at its destination (a tmpfs only; `notmpcopyup` undoes it).
+    pub copy_up: bool,
 }
 
 /// Options that set (`true`) or clear a flag, later ones winning as in
@@ -87,6 +90,7 @@ const TMPFS_WORDS: &[&str] = &["noswap", "inode32", "inode64"];
 pub fn parse(options: &[String], tmpfs: bool) -> Result<MountOptions, OptionError> {
     let mut flags = MsFlags::empty();
     let mut data = String::new();
+    let mut copy_up = false;
     for option in options {
         if let Some(&(_, set, flag)) = FLAGS.iter().find(|(name, ..)| name == option) {
             flags.set(flag, set);
@@ -97,6 +101,14 @@ pub fn parse(options: &[String], tmpfs: bool) -> Result<MountOptions, OptionErro
         }
         if !tmpfs {
             return Err(OptionError::Unsupported(option.clone()));
+        }
+        if let Some(set) = match option.as_str() {
+            "tmpcopyup" => Some(true),
+            "notmpcopyup" => Some(false),
+            _ => None,
+        } {
+            copy_up = set;
+            continue;
         }
         let known = match option.split_once('=') {
             Some((key, value)) if TMPFS_KEYS.contains(&key) => {
@@ -120,6 +132,7 @@ pub fn parse(options: &[String], tmpfs: bool) -> Result<MountOptions, OptionErro
     Ok(MountOptions {
         flags,
         data: (!data.is_empty()).then_some(data),
+        copy_up,
     })
 }
 
@@ -154,7 +167,8 @@ mod tests {
             parse(&[], false).unwrap(),
             MountOptions {
                 flags: MsFlags::empty(),
-                data: None
+                data: None,
+                copy_up: false,
             }
         );
     }
@@ -181,6 +195,24 @@ mod tests {
             o.data.as_deref(),
             Some("size=64m,mode=1777,noswap,uid=1000")
         );
+        assert!(!o.copy_up);
+    }
+
+    #[test]
+    fn tmpcopyup_is_a_tmpfs_option_outside_its_data() {
+        let o = parse(&opts(&["tmpcopyup", "size=1m", "nosuid"]), true).unwrap();
+        assert!(o.copy_up);
+        assert_eq!(o.data.as_deref(), Some("size=1m"));
+        assert_eq!(o.flags, MsFlags::MS_NOSUID);
+        // The last word wins.
+        let o = parse(&opts(&["tmpcopyup", "notmpcopyup"]), true).unwrap();
+        assert!(!o.copy_up);
+        assert_eq!(o.data, None);
+        assert!(
+            parse(&opts(&["notmpcopyup", "tmpcopyup"]), true)
+                .unwrap()
+                .copy_up
+        );
     }
 
     #[test]
@@ -188,7 +220,8 @@ mod tests {
         for (list, tmpfs, bad) in [
             (&["ro", "bogus"][..], false, "bogus"),
             (&["size=1m"][..], false, "size=1m"),
-            (&["tmpcopyup"][..], true, "tmpcopyup"),
+            (&["tmpcopyup"][..], false, "tmpcopyup"),
+            (&["notmpcopyup"][..], false, "notmpcopyup"),
             (&["color=red"][..], true, "color=red"),
         ] {
             assert_eq!(

@@ -361,15 +361,31 @@ pub fn plan(storage: &Storage, layout: &Layout, cgroup_ns: bool) -> Result<Plan,
     for (i, (v, o)) in storage.volumes.iter().zip(options).enumerate() {
         // A tmpfs is made with all its options; other sources get only
         // read-only (so writes fail early) and the rest on their bind.
+        // A tmpfs to copy up into stays writable here; its bind is still
+        // remounted read-only for the container.
         let (flags, data) = match v.source {
+            Source::Tmpfs if o.copy_up => {
+                (o.flags.difference(MsFlags::MS_RDONLY), o.data.as_deref())
+            }
             Source::Tmpfs => (o.flags, o.data.as_deref()),
             _ => (o.flags & MsFlags::MS_RDONLY, None),
         };
+        let destination = v.destination.trim_start_matches('/');
+        let root = materialize(&v.source, layout.volume(i), flags, data, &mut ops);
+        if o.copy_up {
+            // The root's own files there: earlier volumes are bound only
+            // by the init, after this.
+            ops.push(FsOp::CopyUp {
+                root: rootfs.clone(),
+                path: PathBuf::from(destination),
+                to: root.clone(),
+            });
+        }
         volumes.push(VolumeBind {
             destination: v.destination.clone(),
-            root: materialize(&v.source, layout.volume(i), flags, data, &mut ops),
+            root,
             subpath: subpath(v),
-            target: rootfs.join(v.destination.trim_start_matches('/')),
+            target: rootfs.join(destination),
             flags: o.flags,
         });
     }
@@ -1027,6 +1043,66 @@ mod tests {
             plan_err(vec![bad]),
             PlanError::Option { destination, source: OptionError::BadValue(_) } if destination == "/t"
         ));
+    }
+
+    #[test]
+    fn tmpcopyup_copies_the_root_into_its_fresh_tmpfs() {
+        let mut run = volume(Source::Tmpfs, "/run");
+        run.options = ["tmpcopyup", "ro", "size=8m"].map(String::from).to_vec();
+        let mut tmp = volume(Source::Tmpfs, "/tmp");
+        tmp.options = vec!["size=8m".into()];
+        let mut etc = volume(Source::Tmpfs, "/etc");
+        etc.options = vec!["tmpcopyup".into(), "notmpcopyup".into()];
+        for in_place in [false, true] {
+            let storage = Storage {
+                lower: Source::directory("/images/app"),
+                in_place,
+                volumes: vec![run.clone(), tmp.clone(), etc.clone()],
+                ..Storage::default()
+            };
+            let plan = plan(&storage, &layout(), false).unwrap();
+            let copy_ups: Vec<_> = plan
+                .storage
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| matches!(op, FsOp::CopyUp { .. }))
+                .collect();
+            assert_eq!(copy_ups.len(), 1, "{:?}", plan.storage);
+            let (at, op) = copy_ups[0];
+            assert_eq!(
+                *op,
+                FsOp::CopyUp {
+                    root: "/run/bulkhead/c1/rootfs".into(),
+                    path: "run".into(),
+                    to: "/run/bulkhead/c1/volume0".into(),
+                }
+            );
+            // Right after its tmpfs is mounted, writable (the root was
+            // mounted before), and only the bind is read-only.
+            assert_eq!(
+                plan.storage[at - 1],
+                fs_mount(
+                    "tmpfs",
+                    "/run/bulkhead/c1/volume0".into(),
+                    "tmpfs",
+                    MsFlags::empty(),
+                    Some("size=8m"),
+                )
+            );
+            let root_mounted = plan.storage.iter().position(
+                |op| matches!(op, FsOp::Mount { target, .. } if *target == layout().rootfs()),
+            );
+            assert!(root_mounted.unwrap() < at);
+            let r = |p: &str| PathBuf::from("/run/bulkhead/c1/rootfs").join(p);
+            assert!(container(&plan).contains(&remount(r("run"), MsFlags::MS_RDONLY)));
+        }
+        // Still a tmpfs-only option.
+        let mut bad = volume(Source::virtiofs("share0"), "/srv");
+        bad.options = vec!["tmpcopyup".into()];
+        assert_eq!(
+            plan_err(vec![bad]).to_string(),
+            "volume /srv: unsupported mount option \"tmpcopyup\""
+        );
     }
 
     fn plan_err(volumes: Vec<Volume>) -> PlanError {
