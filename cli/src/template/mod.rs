@@ -83,11 +83,16 @@ fn content_named_identity(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{name}:{}", meta.len()))
 }
 
-/// The bulkhead binary that runs now, with the snapshot format it writes.
+/// The bulkhead binary that runs now, with the snapshot format it writes:
+/// by its GNU build ID (a digest the linker makes of its contents), so
+/// copies of one build (`target/release/bulkhead` and an installed one)
+/// share templates; by path, size and mtime where it has none.
 fn vmm_build() -> String {
-    let exe = std::env::current_exe()
-        .ok()
-        .and_then(|p| file_identity(&p).ok())
+    let exe = std::env::current_exe().ok();
+    let exe = exe
+        .as_deref()
+        .and_then(|p| build_id(p).map(|id| format!("build-id {id}")))
+        .or_else(|| exe.as_deref().and_then(|p| file_identity(p).ok()))
         .unwrap_or_default();
     format!(
         "{} format {} {}",
@@ -112,6 +117,61 @@ impl TemplateSpec {
         );
         Ok(bulkhead_rootfs::Digest::of(text.as_bytes()).hex()[..16].to_string())
     }
+}
+
+/// The GNU build ID of the ELF file at `path`, in hex: the descriptor of
+/// its NT_GNU_BUILD_ID note, found through the PT_NOTE program headers.
+fn build_id(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_NOTE: u32 = 4;
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut eh = [0u8; 64];
+    f.read_exact(&mut eh).ok()?;
+    // ELF64, little-endian: what this x86_64 binary is.
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at =
+        |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
+    let u64_at =
+        |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56));
+    for i in 0..u64::from(phnum) {
+        let mut ph = vec![0u8; usize::from(phentsize).max(56)];
+        f.seek(SeekFrom::Start(phoff + i * u64::from(phentsize)))
+            .ok()?;
+        f.read_exact(&mut ph[..usize::from(phentsize)]).ok()?;
+        if u32_at(&ph, 0) != PT_NOTE {
+            continue;
+        }
+        let (offset, size) = (u64_at(&ph, 8), u64_at(&ph, 32).min(1 << 16));
+        let mut notes = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(offset)).ok()?;
+        f.read_exact(&mut notes).ok()?;
+        let mut at = 0usize;
+        let align4 = |n: usize| (n + 3) & !3;
+        while at + 12 <= notes.len() {
+            let (namesz, descsz, kind) = (
+                u32_at(&notes, at) as usize,
+                u32_at(&notes, at + 4) as usize,
+                u32_at(&notes, at + 8),
+            );
+            let name_at = at + 12;
+            let desc_at = name_at + align4(namesz);
+            let end = desc_at + align4(descsz);
+            if desc_at + descsz > notes.len() {
+                break;
+            }
+            if kind == NT_GNU_BUILD_ID && notes.get(name_at..name_at + namesz) == Some(b"GNU\0") {
+                let desc = &notes[desc_at..desc_at + descsz];
+                return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+            }
+            at = end;
+        }
+    }
+    None
 }
 
 /// `$BULKHEAD_TEMPLATES`, or `templates/` under the state root. Tests
@@ -291,6 +351,23 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_of_one_build_share_its_build_id() {
+        let exe = std::env::current_exe().unwrap();
+        let id = build_id(&exe).expect("the test binary has a GNU build ID");
+        assert!(
+            id.len() >= 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        std::fs::copy(&exe, &copy).unwrap();
+        assert_eq!(build_id(&copy), Some(id));
+        std::fs::write(dir.path().join("not-elf"), b"#!/bin/sh\n").unwrap();
+        assert_eq!(build_id(&dir.path().join("not-elf")), None);
+        assert!(vmm_build().contains("build-id "));
+    }
 
     fn spec(dir: &Path, initramfs: &Path) -> TemplateSpec {
         TemplateSpec {
