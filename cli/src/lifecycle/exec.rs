@@ -4,7 +4,7 @@
 //! status.
 
 use anyhow::bail;
-use bulkhead_protocol::{ProcessSpec, Termination};
+use bulkhead_protocol::ProcessSpec;
 
 use super::agent::{forward_stdin, Session};
 use super::boot::VSOCK_SOCKET;
@@ -51,9 +51,5 @@ pub fn exec(target: &Target, process: &ProcessSpec, interactive: bool) -> anyhow
     } else if let Ok(mut w) = writer.lock() {
         w.close_stdin()?;
     }
-    let status = session.pump_output(|| {})?;
-    Ok(match status.termination {
-        Termination::Exited { code } => Exit::Code(code),
-        Termination::Signaled { signal } => Exit::Signal(signal),
-    })
+    Ok(session.pump_output(|| {})?.termination.into())
 }

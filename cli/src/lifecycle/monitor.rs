@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context};
-use bulkhead_protocol::Termination;
 
 use super::agent::forward_stdin;
 use super::control::{self, Request};
@@ -150,10 +149,7 @@ fn serve(root: &Root, id: &str, ready: &mut ReadyPipe) -> anyhow::Result<Exit> {
         Ok(status) => status,
         Err(e) => return Err(running.fail(e)),
     };
-    let exit = match status.termination {
-        Termination::Exited { code } => Exit::Code(code),
-        Termination::Signaled { signal } => Exit::Signal(signal),
-    };
+    let exit = Exit::from(status.termination);
     record(&dir, exit);
     if status.oom_killed {
         eprintln!("bulkhead: the container was killed: out of memory");

@@ -91,6 +91,15 @@ pub enum Exit {
     Signal(i32),
 }
 
+impl From<bulkhead_protocol::Termination> for Exit {
+    fn from(t: bulkhead_protocol::Termination) -> Exit {
+        match t {
+            bulkhead_protocol::Termination::Exited { code } => Exit::Code(code),
+            bulkhead_protocol::Termination::Signaled { signal } => Exit::Signal(signal),
+        }
+    }
+}
+
 impl Exit {
     /// The status a shell would report: the code, or 128 + the signal.
     pub fn code(self) -> i32 {
@@ -334,16 +343,21 @@ fn read_record(dir: &Path) -> Result<Record, StateError> {
     serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source })
 }
 
-/// Writes atomically: a reader never sees half a record.
 fn write_record(dir: &Path, record: &Record) -> Result<(), StateError> {
-    let path = dir.join(RECORD);
-    let staging = dir.join(".state.json.new");
-    let json = serde_json::to_vec_pretty(record).map_err(|source| StateError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&staging, json).map_err(io("cannot write", &staging))?;
-    std::fs::rename(&staging, &path).map_err(io("cannot write", &path))
+    write_atomically(
+        &dir.join(RECORD),
+        &serde_json::to_vec_pretty(record).unwrap_or_default(),
+    )
+}
+
+/// Writes `bytes` to `path` through a staging file and a rename: a reader
+/// (another command, an engine reading a pid file) never sees half of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(".bulkhead-new");
+    let staging = PathBuf::from(staging);
+    std::fs::write(&staging, bytes).map_err(io("cannot write", &staging))?;
+    std::fs::rename(&staging, path).map_err(io("cannot write", path))
 }
 
 /// Removes the container in `dir` if its record asks for that. Called by
@@ -377,14 +391,10 @@ pub fn remove_if_asked(dir: &Path) {
 
 /// Records how the container's process ended (by the monitor).
 pub fn write_exit(dir: &Path, exit: Exit) -> Result<(), StateError> {
-    let path = dir.join(EXIT);
-    let staging = dir.join(".exit.json.new");
-    let json = serde_json::to_vec(&exit).map_err(|source| StateError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&staging, json).map_err(io("cannot write", &staging))?;
-    std::fs::rename(&staging, &path).map_err(io("cannot write", &path))
+    write_atomically(
+        &dir.join(EXIT),
+        &serde_json::to_vec(&exit).unwrap_or_default(),
+    )
 }
 
 /// Held by the monitor for its life.

@@ -5,7 +5,7 @@
 //! be honoured in a microVM is an error naming the field.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use bulkhead_protocol::{ContainerSpec, Source, Storage, Volume};
@@ -243,9 +243,4 @@ fn refuse_unsupported(spec: &Spec) -> anyhow::Result<()> {
         bail!("linux.intelRdt is not supported");
     }
     Ok(())
-}
-
-/// The bundle a runc command was given: `--bundle`, or the working directory.
-pub fn dir(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| PathBuf::from("."))
 }

@@ -18,7 +18,6 @@ use anyhow::{bail, Context};
 use bulkhead_protocol::{ProcessSpec, User};
 use clap::{Args, ValueEnum};
 
-use crate::lifecycle::exec::Target;
 use crate::lifecycle::hooks;
 use crate::lifecycle::monitor::{self, MonitorStdio};
 use crate::lifecycle::state::{self, Locked};
@@ -117,7 +116,7 @@ pub fn create(global: &Global, args: &CreateArgs) -> anyhow::Result<()> {
         );
     }
     let root = global.root();
-    let bundle = bundle::dir(args.bundle.clone());
+    let bundle = args.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
     let (c, record) = lifecycle::create_detached(&root, &args.id, |_| {
         let (plan, record) = bundle::load(&bundle, &args.id)?;
         let stdio = terminal_stdio(&plan, args.console_socket.as_deref())?;
@@ -166,9 +165,7 @@ fn after_create(
 
 /// Written whole or not at all: engines read it as soon as we exit.
 pub fn write_pid_file(path: &Path, pid: i32) -> anyhow::Result<()> {
-    let staging = path.with_extension("bulkhead-new");
-    std::fs::write(&staging, pid.to_string())
-        .and_then(|_| std::fs::rename(&staging, path))
+    state::write_atomically(path, pid.to_string().as_bytes())
         .with_context(|| format!("cannot write the pid file {}", path.display()))
 }
 
@@ -355,15 +352,14 @@ pub fn exec(global: &Global, args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::read(&c.dir().join(state::PLAN))?;
     drop(c);
     let process = exec_process(&plan.spec.process, args)?;
-    if args.detach && !args.exec_child {
-        return exec_detached(args).map(|_| ExitCode::SUCCESS);
-    }
-    if process.terminal && args.console_socket.is_some() && !args.exec_child {
-        // The pty dance needs a process of its own; see exec_detached.
+    // Detached, or on a pty whose master goes to a console socket: the
+    // process needs a holder of its own; see exec_detached.
+    let needs_child = args.detach || (process.terminal && args.console_socket.is_some());
+    if needs_child && !args.exec_child {
         return exec_detached(args).map(|_| ExitCode::SUCCESS);
     }
     let interactive = args.interactive || args.process.is_some() || args.pid_file.is_some();
-    let exit = lifecycle::exec(&Target { uds: target.uds }, &process, interactive)?;
+    let exit = lifecycle::exec(&target, &process, interactive)?;
     Ok(monitor::exit_like(exit))
 }
 

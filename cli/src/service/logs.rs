@@ -1,7 +1,7 @@
 //! `logs [-f]`: what a detached container wrote (stdout and stderr, in
 //! the order it wrote them); `-f` follows until the container stops.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -47,11 +47,8 @@ pub fn logs(global: &Global, args: &LogsArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if !monitor_alive(&dir) {
-            // One more read: the monitor may have written before exiting.
-            let pos = file.stream_position()?;
-            file.seek(SeekFrom::Start(pos))?;
-            let n = file.read(&mut buf)?;
-            let _ = out.write_all(&buf[..n]);
+            // One more pass: the monitor may have written before exiting.
+            let _ = std::io::copy(&mut file, &mut out);
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
