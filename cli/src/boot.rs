@@ -223,6 +223,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .map(|s| (!s.as_os_str().is_empty()).then_some(s))
             .collect(),
+        net: None,
     };
     let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;

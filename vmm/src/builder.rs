@@ -19,7 +19,9 @@ use crate::devices::legacy::persist::SerialDeviceState;
 use crate::arch::x86_64::layout::{CMDLINE_START, SERIAL_IRQ};
 use crate::arch::x86_64::{mptable, zero_page};
 use crate::boot::{cmdline, loader, pvm};
-use crate::config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig, MAX_VCPUS, MIN_MEM_MIB};
+use crate::config::{
+    ConsoleOutput, DiskConfig, NetConfig, VmConfig, VsockConfig, MAX_VCPUS, MIN_MEM_MIB,
+};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_PORT_BASE, COM1_PORT_LEN};
@@ -97,6 +99,9 @@ pub struct RestoreConfig {
     /// or `None` leaves the slot unconnected. Any socket makes the restored
     /// guest memory a shareable copy of the snapshot's.
     pub shares: Vec<Option<PathBuf>>,
+    /// The TAP (and the MAC its config space now reports) plugged into the
+    /// snapshot's virtio-net slot; `None` leaves it without a cable.
+    pub net: Option<NetConfig>,
 }
 
 /// The devices a VM keeps beside its vCPUs, for snapshots and the exit watch.

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::boot::pvm::PvmCompat;
+use crate::devices::virtio::net::Tap;
 
 pub const DEFAULT_MEM_MIB: u64 = 128;
 /// Below this the kernel's early allocations fail in confusing ways.
@@ -44,6 +45,16 @@ pub struct FsConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// A virtio-net device on a host TAP, and the MAC address its config
+/// space reports (the guest's eth0 starts with it). `tap: None` is an empty
+/// slot: the guest sees a NIC with no cable, and a restore of a snapshot of
+/// this VM can plug a TAP in.
+#[derive(Debug)]
+pub struct NetConfig {
+    pub tap: Option<Tap>,
+    pub mac: [u8; 6],
+}
+
 /// The longest virtio-fs tag (the device's config space field).
 pub const FS_TAG_MAX: usize = 36;
 
@@ -66,6 +77,8 @@ pub struct VmConfig {
     /// virtio-fs devices, after the disks and before the vsock. Guest
     /// memory is backed by a shareable memfd when any has a socket.
     pub shares: Vec<FsConfig>,
+    /// One virtio-net device, after the shares and before the vsock.
+    pub net: Option<NetConfig>,
 }
 
 impl VmConfig {
@@ -83,6 +96,7 @@ impl VmConfig {
             empty_disk_slots: 0,
             vsock: None,
             shares: Vec::new(),
+            net: None,
         }
     }
 }

@@ -168,6 +168,7 @@ fn start_warm(
             disks: m.disks.iter().cloned().map(Some).collect(),
             vsock: Some(vsock_config(m)),
             shares: (0..SHARE_SLOTS).map(|i| m.shares.get(i).cloned()).collect(),
+            net: None,
         })?)
     };
     let vm = match restore(&tpl.dir) {

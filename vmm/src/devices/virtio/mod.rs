@@ -16,6 +16,7 @@ pub mod device;
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod persist;
 pub mod queue;
 pub mod vsock;
