@@ -261,3 +261,189 @@ fn in_netns_reports_a_bad_fd() {
         "{e}"
     );
 }
+
+/// A TAP (IFF_TAP | IFF_NO_PI) in this thread's namespace, made with TUNSETIFF.
+fn open_tap(name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("open /dev/net/tun");
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    file
+}
+
+/// An AF_PACKET socket bound to link `index`, with a receive timeout.
+fn packet_socket(index: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd is a new socket nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = index as i32;
+    use std::os::fd::AsRawFd;
+    // SAFETY: addr is a sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: SO_RCVTIMEO takes a timeval.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    assert_eq!(rc, 0);
+    fd
+}
+
+/// A broadcast Ethernet frame of the local experimental ethertype.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// Reads from `fd` until a frame containing `payload` arrives; false after ~2 s.
+fn wait_for(fd: std::os::fd::BorrowedFd<'_>, payload: &[u8], tap: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        if tap {
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
+                continue;
+            }
+        }
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 14 && buf[12..14] == [0x88, 0xb5] && buf[14..14 + payload.len()] == *payload {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn redirect_both_ways_between_veth_and_tap() {
+    use std::io::Write;
+    in_fresh_netns(|| {
+        let mut nl = Netlink::open().unwrap();
+        nl.add_veth_pair("bh-eth0", "bh-peer").unwrap();
+        let mut tap = open_tap("bh-tap0");
+        let eth0 = nl.link_index("bh-eth0").unwrap();
+        let peer = nl.link_index("bh-peer").unwrap();
+        let tap_index = nl.link_index("bh-tap0").unwrap();
+        assert_eq!(
+            nl.link_by_index(tap_index)
+                .unwrap()
+                .unwrap()
+                .kind
+                .as_deref(),
+            Some("tun")
+        );
+        for i in [eth0, peer, tap_index] {
+            nl.set_up(i, true).unwrap();
+        }
+        assert_eq!(nl.redirects(eth0).unwrap(), vec![]);
+
+        nl.redirect_both_ways(eth0, tap_index).unwrap();
+        assert_eq!(nl.redirects(eth0).unwrap(), vec![tap_index]);
+        assert_eq!(nl.redirects(tap_index).unwrap(), vec![eth0]);
+        nl.redirect_both_ways(eth0, tap_index).unwrap(); // again: nothing doubled
+        assert_eq!(nl.redirects(eth0).unwrap(), vec![tap_index]);
+        assert_eq!(nl.redirects(tap_index).unwrap(), vec![eth0]);
+
+        // In at eth0 (sent from its peer) -> out of the TAP (read from its fd).
+        let at_peer = packet_socket(peer);
+        let out = frame(b"bulkhead: eth0 to tap");
+        // SAFETY: `out` is valid for its length; the socket is bound to `peer`.
+        let n = unsafe {
+            libc::send(
+                std::os::fd::AsRawFd::as_raw_fd(&at_peer),
+                out.as_ptr().cast(),
+                out.len(),
+                0,
+            )
+        };
+        assert_eq!(
+            n,
+            out.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(
+            wait_for(tap.as_fd(), b"bulkhead: eth0 to tap", true),
+            "frame did not reach the TAP"
+        );
+
+        // Written to the TAP -> out of eth0 (seen at its peer).
+        tap.write_all(&frame(b"bulkhead: tap to eth0")).unwrap();
+        assert!(
+            wait_for(at_peer.as_fd(), b"bulkhead: tap to eth0", false),
+            "frame did not reach eth0's peer"
+        );
+    });
+}
+
+#[test]
+fn redirect_errors_name_the_links() {
+    in_fresh_netns(|| {
+        let mut nl = Netlink::open().unwrap();
+        nl.add_veth_pair("bh-a", "bh-b").unwrap();
+        let a = nl.link_index("bh-a").unwrap();
+        let e = nl.redirect_both_ways(a, 9999).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot add an ingress qdisc to link #9999: "),
+            "{e}"
+        );
+    });
+}
