@@ -7,7 +7,7 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     /// The kernel answered a request with `NLMSG_ERROR` (a NACK).
-    #[error("cannot {op}: {}", io::Error::from_raw_os_error(*errno))]
+    #[error("cannot {op}: {}", nix::errno::Errno::from_raw(*errno).desc())]
     Kernel {
         /// What was asked, with its link ("set bulkhead0 up").
         op: String,
