@@ -1,38 +1,13 @@
 //! IPv4 prefixes: the subnet arithmetic IPAM needs, and their JSON form
 //! (the string "10.89.0.0/24", readable in the state files).
 
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
-/// An IPv4 address with a prefix length: a subnet ("10.89.0.0/24") or an
-/// interface address ("10.89.0.2/24").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
+pub use bulkhead_netlink::Ipv4Cidr;
 
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// The error of parsing an `Ipv4Cidr`, naming the text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid IPv4 prefix {0:?}: expected a.b.c.d/len with len at most 32")]
-pub struct CidrParseError(pub String);
-
-impl FromStr for Ipv4Cidr {
-    type Err = CidrParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse(s).ok_or_else(|| CidrParseError(s.to_owned()))
-    }
-}
-
-fn parse(s: &str) -> Option<Ipv4Cidr> {
+/// Strictly "a.b.c.d/len", as the state files hold it (a bare address,
+/// which the netlink crate reads as /32, is not a subnet here).
+pub(crate) fn parse(s: &str) -> Option<Ipv4Cidr> {
     let (addr, prefix) = s.split_once('/')?;
     // u8's FromStr takes a leading '+'; a prefix is digits only.
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
@@ -80,7 +55,11 @@ pub(crate) mod serde_str {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Cidr, D::Error> {
         let text = String::deserialize(d)?;
-        super::parse(&text).ok_or_else(|| serde::de::Error::custom(super::CidrParseError(text)))
+        super::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid IPv4 prefix {text:?}: expected a.b.c.d/len"
+            ))
+        })
     }
 }
 
@@ -89,7 +68,7 @@ mod tests {
     use super::*;
 
     fn c(s: &str) -> Ipv4Cidr {
-        s.parse().unwrap()
+        parse(s).unwrap()
     }
 
     #[test]
@@ -111,7 +90,7 @@ mod tests {
             "a/b",
             "",
         ] {
-            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad:?}");
+            assert!(parse(bad).is_none(), "{bad:?}");
         }
     }
 

@@ -57,6 +57,24 @@ pub enum NetworkError {
     NftMissing,
     #[error("nft failed: {0}")]
     Nft(String),
+    /// The netlink crate's messages name the operation and the link.
+    #[error(transparent)]
+    Netlink(#[from] bulkhead_netlink::NetlinkError),
+    #[error("cannot set {path} to {value}: {source}")]
+    Sysctl {
+        path: String,
+        value: &'static str,
+        source: std::io::Error,
+    },
+    /// `place`: "the caller's network namespace", "the engine's network namespace".
+    #[error("no TAP named {name:?} in {place}")]
+    NoTap { name: String, place: &'static str },
+    #[error(
+        "no interface with an IPv4 address besides lo and {tap} in the engine's network namespace"
+    )]
+    NoEngineLink { tap: String },
+    #[error("interface {0} in the engine's network namespace has no MAC address")]
+    NoMac(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

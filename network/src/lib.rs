@@ -15,7 +15,9 @@
 //! is rebuilt from them, so a run that died by SIGKILL is cleaned up by
 //! the next change without anyone remembering what it did.
 
+mod bridge;
 mod cidr;
+pub mod engine;
 mod error;
 mod ipam;
 mod lease;
@@ -28,14 +30,17 @@ mod sweep;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use bulkhead_netlink::Netlink;
 use serde::{Deserialize, Serialize};
 
-pub use cidr::{CidrParseError, Ipv4Cidr};
+pub use bulkhead_netlink::{Ipv4Cidr, NetlinkError, Route};
 pub use error::NetworkError;
 pub use lease::Lease;
 pub use mac::{format_mac, mac_for, parse_mac};
@@ -123,7 +128,7 @@ impl Networks {
         }
         let defs = self.store.list()?;
         let subnet = match subnet {
-            None => store::free_subnet(&defs)?,
+            None => store::free_subnet(&defs, &host_routes()?)?,
             Some(s) => {
                 store::check_subnet(s)?;
                 if let Some(other) = defs.iter().find(|d| cidr::overlaps(d.subnet, s)) {
@@ -179,6 +184,9 @@ impl Networks {
                 containers: users.into_iter().collect::<Vec<_>>().join(", "),
             });
         }
+        // The bridge first: should deleting it fail, the network is still
+        // there for a retry to find.
+        bridge::delete(&mut Netlink::open()?, &def.bridge)?;
         self.store.remove(&def.name)?;
         if !swept.removed.is_empty() {
             self.rebuild()?;
@@ -201,10 +209,13 @@ impl Networks {
             .collect())
     }
 
-    /// Puts a container on a network: sweeps dead leases, leases the lowest
-    /// free address, checks and resolves the published ports, and rebuilds
-    /// the nftables table. Port checks bind sockets in the calling
-    /// thread's netns, which must be the host's (where the DNAT applies).
+    /// Puts a container on a network: sweeps dead leases, checks and
+    /// resolves the published ports, leases the lowest free address, makes
+    /// sure the network's bridge is up (gateway address, route_localnet,
+    /// ip_forward), enslaves `req.tap` to it and rebuilds the nftables
+    /// table. All of it happens in the calling thread's netns, which must
+    /// be the host's (where the TAP is and the DNAT applies). On error
+    /// nothing is left leased.
     pub fn connect(&self, req: &ConnectRequest<'_>) -> Result<Endpoint, NetworkError> {
         let _lock = self.lock()?;
         let def = self.store.get(req.network)?;
@@ -254,10 +265,8 @@ impl Networks {
             // Someone outside the lock made it (a stray file): skip it.
             leased.push(ip);
         };
-        let lease_path = dir.join(address.to_string());
-        if let Err(e) = self.rebuild() {
-            // The transaction is all or nothing: only the lease is to undo.
-            let _ = lease::remove(&lease_path);
+        if let Err(e) = self.join(&def, req.tap) {
+            let _ = lease::remove(&dir.join(address.to_string()));
             return Err(e);
         }
         let peers: Vec<LiveLease> = live.into_iter().filter(|l| l.network == def.name).collect();
@@ -292,6 +301,20 @@ impl Networks {
             self.rebuild()?;
         }
         Ok(swept)
+    }
+
+    /// Brings the network's bridge up, puts the TAP on it and rebuilds the
+    /// table (the new lease already written). The caller holds the lock.
+    fn join(&self, def: &NetworkDef, tap: &str) -> Result<(), NetworkError> {
+        let mut nl = Netlink::open()?;
+        let bridge = bridge::ensure(&mut nl, def)?;
+        let tap = bridge::attach(&mut nl, tap, bridge)?;
+        if let Err(e) = self.rebuild() {
+            // The transaction is all or nothing: only the TAP is to undo.
+            let _ = bridge::detach(&mut nl, tap);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Every live lease of every network. The caller holds the lock.
@@ -334,6 +357,17 @@ impl Networks {
         }
         nft::apply(&nft::ruleset(&nets))
     }
+}
+
+/// The destinations the calling thread's netns routes (the default
+/// route aside).
+fn host_routes() -> Result<Vec<Ipv4Cidr>, NetworkError> {
+    Ok(Netlink::open()?
+        .routes()?
+        .into_iter()
+        .filter_map(|r| r.dst)
+        .filter(|d| d.prefix > 0)
+        .collect())
 }
 
 fn endpoint(def: &NetworkDef, address: Ipv4Addr, lease: &Lease, others: &[LiveLease]) -> Endpoint {

@@ -126,14 +126,22 @@ pub(crate) fn check_subnet(subnet: Ipv4Cidr) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// The first 10.89.N.0/24 (N = 1..255) no existing network overlaps.
-pub(crate) fn free_subnet(existing: &[NetworkDef]) -> Result<Ipv4Cidr, NetworkError> {
+/// The first 10.89.N.0/24 (N = 1..255) that overlaps no existing network
+/// and none of `routes` (the host's: a subnet already routed elsewhere
+/// would make containers unable to reach it).
+pub(crate) fn free_subnet(
+    existing: &[NetworkDef],
+    routes: &[Ipv4Cidr],
+) -> Result<Ipv4Cidr, NetworkError> {
     (1..=255u8)
         .map(|n| Ipv4Cidr {
             addr: Ipv4Addr::new(10, 89, n, 0),
             prefix: 24,
         })
-        .find(|s| !existing.iter().any(|d| cidr::overlaps(d.subnet, *s)))
+        .find(|s| {
+            !existing.iter().any(|d| cidr::overlaps(d.subnet, *s))
+                && !routes.iter().any(|r| cidr::overlaps(*r, *s))
+        })
         .ok_or(NetworkError::NoFreeSubnet)
 }
 
@@ -336,9 +344,17 @@ mod tests {
             taken("10.89.1.0/24"),
             taken("10.89.3.0/24"),
         ];
-        assert_eq!(free_subnet(&defs).unwrap().to_string(), "10.89.2.0/24");
+        assert_eq!(free_subnet(&defs, &[]).unwrap().to_string(), "10.89.2.0/24");
+        let routed = ["10.89.2.0/23".parse().unwrap()];
+        assert_eq!(
+            free_subnet(&defs, &routed).unwrap().to_string(),
+            "10.89.4.0/24"
+        );
         let all = vec![taken("10.89.0.0/16")];
-        assert!(matches!(free_subnet(&all), Err(NetworkError::NoFreeSubnet)));
+        assert!(matches!(
+            free_subnet(&all, &[]),
+            Err(NetworkError::NoFreeSubnet)
+        ));
     }
 
     #[test]
