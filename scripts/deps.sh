@@ -5,8 +5,11 @@ set -euo pipefail
 # seccomp profiles into the guest's BPF filter (and virtiofsd links it too).
 # podman, containerd and docker.io: tests/tests/engines.rs runs bulkhead
 # as their OCI runtime (util-linux's script(1) gives `podman run -t` a tty).
+# nftables: bulkhead's NAT and published ports (`nft -j -f -`); iproute2 for
+# the tests' network namespaces; netavark (with iptables and aardvark-dns)
+# is podman's network backend; iperf3 measures network throughput.
 pkgs=(e2fsprogs busybox-static cpio util-linux gcc libc6-dev runc libseccomp-dev pkg-config
-    podman containerd docker.io)
+    podman containerd docker.io nftables iproute2 netavark aardvark-dns iptables iperf3)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

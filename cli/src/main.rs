@@ -5,6 +5,7 @@ mod boot;
 mod image;
 mod lifecycle;
 mod logger;
+mod network;
 mod oci;
 mod paths;
 mod run;
@@ -39,6 +40,11 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(image::VolumeCommand),
+    /// Manage the networks containers join.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Give back what containers of dead bulkhead processes still hold.
+    Gc,
     /// Manage the snapshots of booted guests that `run` restores.
     #[command(subcommand)]
     Template(template::command::TemplateCommand),
@@ -170,6 +176,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args, g.root()),
         Command::Image(cmd) => report(image::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Volume(cmd) => report(image::run_volume(cmd).map(|_| ExitCode::SUCCESS)),
+        Command::Network(cmd) => report(network::run(cmd).map(|_| ExitCode::SUCCESS)),
+        Command::Gc => report(network::gc().map(|_| ExitCode::SUCCESS)),
         Command::Template(cmd) => report(template::command::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Boot(args) => report(boot::run(args)),
         Command::Restore(args) => report(boot::restore(args)),

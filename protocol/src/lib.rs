@@ -34,6 +34,7 @@ pub mod client;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod network;
 pub mod spec;
 
 pub use client::{AgentClient, AgentReader, AgentWriter, Event, Started, TryClone};
@@ -42,6 +43,7 @@ pub use frame::{read_message, write_message, FrameDecoder, MAX_DATA_CHUNK, MAX_F
 pub use message::{
     AgentMessage, ExitStatus, GuestTimes, HostMessage, Message, StepTime, Termination,
 };
+pub use network::{Ipv4Prefix, NetworkFiles, NetworkSpec, NetworkSpecError, RouteSpec};
 pub use spec::{
     ContainerSpec, ProcessSpec, Resources, Rlimit, RlimitKind, Source, SpecError, Storage, TtySize,
     User, Volume, VIRTIOFS_TAG_MAX,
@@ -57,7 +59,8 @@ pub use spec::{
 /// OCI fields in the spec (in-place and read-only roots, masked and
 /// read-only paths, sysctls, a seccomp filter, tmpfs and sub-path
 /// volumes).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `ContainerSpec.network` (eth0, routes, name-service files).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The vsock port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

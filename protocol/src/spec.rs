@@ -13,6 +13,8 @@ use oci_spec::runtime::{PosixRlimitType, Spec};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::network::{NetworkSpec, NetworkSpecError};
+
 /// Why a spec cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -46,6 +48,8 @@ pub enum SpecError {
     BadSysctl(String),
     #[error("the seccomp program is {0} bytes, not a whole number of 8-byte instructions")]
     BadSeccomp(usize),
+    #[error(transparent)]
+    Network(#[from] NetworkSpecError),
 }
 
 /// The longest virtio-fs tag: the `tag` field of the device's config
@@ -80,6 +84,9 @@ pub struct ContainerSpec {
     /// `linux.seccomp`, installed by the init as its last step before exec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp_bpf: Option<Vec<u8>>,
+    /// eth0 and its routes; `None`: the container has only `lo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
 }
 
 /// The container's process, as in OCI `process`.
@@ -421,6 +428,7 @@ impl ContainerSpec {
             readonly_paths: Vec::new(),
             sysctls: BTreeMap::new(),
             seccomp_bpf: None,
+            network: None,
         }
     }
 
@@ -498,6 +506,9 @@ impl ContainerSpec {
             if bpf.is_empty() || bpf.len() % 8 != 0 {
                 return Err(SpecError::BadSeccomp(bpf.len()));
             }
+        }
+        if let Some(n) = &self.network {
+            n.validate()?;
         }
         Ok(())
     }

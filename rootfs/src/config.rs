@@ -20,6 +20,9 @@ pub struct ImageConfig {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// `PORT/PROTO` entries (`80/tcp`): what `run -P` publishes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
 }
 
 impl From<&ImageConfiguration> for ImageConfig {
@@ -34,6 +37,7 @@ impl From<&ImageConfiguration> for ImageConfig {
             env: c.env().clone().unwrap_or_default(),
             working_dir: non_empty(c.working_dir()),
             user: non_empty(c.user()),
+            exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
         }
     }
 }
@@ -356,6 +360,7 @@ mod tests {
                 env: v(&["PATH=/usr/bin"]),
                 working_dir: None,
                 user: Some("101".into()),
+                exposed_ports: v(&["80/tcp"]),
             }
         );
     }

@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod elf;
+pub mod netns;
 pub mod oci;
 pub mod vsock;
 
@@ -247,6 +248,8 @@ pub struct Root {
     /// Where runs keep templates: the suite's shared directory unless a
     /// test needs templates of its own.
     templates: PathBuf,
+    /// The network namespace bulkhead runs in (`ip netns exec`), if not ours.
+    netns: Option<String>,
 }
 
 impl Root {
@@ -254,6 +257,7 @@ impl Root {
         Root {
             dir: tempdir(),
             templates: shared_templates(),
+            netns: None,
         }
     }
 
@@ -262,7 +266,14 @@ impl Root {
         Root {
             dir: tempdir(),
             templates: templates.to_path_buf(),
+            netns: None,
         }
+    }
+
+    /// This root, with every bulkhead command run inside `ns`.
+    pub fn in_netns(mut self, ns: &netns::NetNs) -> Root {
+        self.netns = Some(ns.name().to_string());
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -270,7 +281,14 @@ impl Root {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bulkhead_bin());
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bulkhead_bin());
+                c
+            }
+            None => Command::new(bulkhead_bin()),
+        };
         cmd.args(args)
             .env("BULKHEAD_ROOT", self.path())
             .env("BULKHEAD_KERNEL", kernel())

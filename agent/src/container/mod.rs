@@ -25,6 +25,7 @@ pub mod launch;
 pub mod masks;
 pub mod mount_options;
 pub mod namespaces;
+pub mod network;
 pub mod prepared;
 pub mod process;
 pub mod rootfs;
@@ -52,6 +53,7 @@ use self::child::{ChildArgs, ChildError, Marks};
 use self::fsops::{step_name, FsOpError};
 use self::launch::Launch;
 use self::namespaces::{clone_flags, pid_namespace_members};
+use self::network::NetworkSetupError;
 use self::prepared::Prepared;
 use self::rootfs::{Layout, PlanError};
 use self::spawn::{spawn, Stack};
@@ -87,6 +89,8 @@ pub enum ContainerError {
     NoCgroup,
     #[error("cannot list the container's processes: {0}")]
     ListProcesses(std::io::Error),
+    #[error(transparent)]
+    Network(#[from] NetworkSetupError),
 }
 
 /// How long Freeze waits for the cgroup to report the new state.
@@ -97,6 +101,29 @@ fn sys(what: &'static str) -> impl FnOnce(Errno) -> ContainerError {
 }
 
 /// Agent-wide settings containers are made with.
+/// The network namespace the init joins: the prepared one, or (when the
+/// container has an interface to be given before it starts) a new one;
+/// `None` lets the clone make an empty one. The interface is configured in
+/// it here, before the init exists.
+fn network_namespace(
+    spec: &ContainerSpec,
+    prepared: &mut Prepared,
+) -> Result<Option<std::os::fd::OwnedFd>, ContainerError> {
+    let netns = prepared.take_netns();
+    let Some(net) = &spec.network else {
+        return Ok(netns);
+    };
+    let netns = match netns {
+        Some(ns) => ns,
+        None => prepared::make_netns().map_err(|e| ContainerError::Sys {
+            what: "cannot create the container's network namespace",
+            source: e,
+        })?,
+    };
+    network::configure(net, netns.as_fd())?;
+    Ok(Some(netns))
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
@@ -184,12 +211,16 @@ impl Container {
                 let (s, c) = Stdio::pipes().map_err(sys("cannot create stdio pipes"))?;
                 (s, Some(c))
             };
+            let netns = network_namespace(spec, prepared)?;
+            if let Some(files) = spec.network.as_ref().and_then(|n| n.files.as_ref()) {
+                network::write_files(&layout.rootfs(), files)?;
+            }
             let launch = Launch::prepare(
                 spec,
                 layout.rootfs(),
                 container_plan,
                 cgroup.as_ref().map(Cgroup::procs_file).as_deref(),
-                prepared.take_netns(),
+                netns,
                 child_stdio,
             )?;
             trace.mark("prepare");

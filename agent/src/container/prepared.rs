@@ -54,18 +54,18 @@ impl Prepared {
     }
 }
 
-fn ns_file(path: &str) -> std::io::Result<OwnedFd> {
-    Ok(File::open(path)?.into())
+fn ns_file(path: &str) -> nix::Result<OwnedFd> {
+    File::open(path)
+        .map(Into::into)
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// A new network namespace with `lo` up, without leaving ours: unshare
 /// into it, set it up, keep a handle on it and go back.
-fn make_netns() -> Result<OwnedFd, Box<dyn std::error::Error>> {
+pub fn make_netns() -> Result<OwnedFd, nix::Error> {
     let ours = ns_file("/proc/self/ns/net")?;
     unshare(CloneFlags::CLONE_NEWNET)?;
-    let made = loopback_up()
-        .map_err(Into::into)
-        .and_then(|()| ns_file("/proc/self/ns/net").map_err(Into::into));
+    let made = loopback_up().and_then(|()| ns_file("/proc/self/ns/net"));
     if let Err(e) = setns(ours.as_fd(), CloneFlags::CLONE_NEWNET) {
         // Our sockets (vsock) do not depend on it, but say so.
         agent_log!("cannot return to the agent's network namespace: {e}");

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bulkhead_vmm::builder::{BuildError, RestoreConfig};
-use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig};
+use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
 
+use super::network::{self, Attached};
 use super::plan::Plan;
 use super::signals::SignalRouter;
 use super::vm::RunningVm;
@@ -31,11 +32,13 @@ pub enum Boot {
     Warm { template: String, built: bool },
 }
 
-/// A running VM with its share daemons. Fields drop in order: the VM
-/// before the daemons that serve it.
+/// A running VM with its share daemons and network. Fields drop in order:
+/// the VM before the daemons that serve it and its network lease.
 pub struct Booted {
     pub vm: RunningVm,
     pub shares: Shares,
+    /// eth0's TAP and what the agent is to make of it; `None`: only `lo`.
+    pub net: Option<Attached>,
     pub boot: Boot,
     pub uds: PathBuf,
     pub console_log: PathBuf,
@@ -52,6 +55,7 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
     // Sockets are bound by path; a deep `dir` is reached through a descriptor.
     let (dir, dir_fd) = super::control::socket_dir(dir)?;
     let dir = dir.as_path();
+    let net = network::attach(&plan.network)?;
     let mut shares = if plan.host_dirs.is_empty() {
         Shares::default()
     } else {
@@ -72,6 +76,7 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
         shares: shares.sockets(),
         uds: dir.join(VSOCK_SOCKET),
         console_log: dir.join(CONSOLE_LOG),
+        net: net.as_ref(),
     };
     let started = if !plan.cold && plan.fits_a_template() {
         start_warm(&machine, &mut shares, &|stop| router.set_vm(stop))
@@ -90,18 +95,20 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
     let stop = vm.stop_handle();
     shares.watch(move || stop.stop());
     router.set_vm(vm.stop_handle());
+    let (uds, console_log) = (machine.uds, machine.console_log);
     Ok(Booted {
         vm,
         shares,
+        net,
         boot,
-        uds: machine.uds,
-        console_log: machine.console_log,
+        uds,
+        console_log,
         _dir: dir_fd,
     })
 }
 
 /// The VM's hardware, whether it boots or is restored.
-struct Machine {
+struct Machine<'a> {
     kernel: PathBuf,
     initramfs: PathBuf,
     mem_mib: u64,
@@ -111,6 +118,25 @@ struct Machine {
     shares: Vec<PathBuf>,
     uds: PathBuf,
     console_log: PathBuf,
+    net: Option<&'a Attached>,
+}
+
+impl Machine<'_> {
+    /// The VM's own handle on the TAP (a retried restore gets another).
+    fn net_config(&self) -> anyhow::Result<Option<NetConfig>> {
+        self.net
+            .map(|n| {
+                Ok(NetConfig {
+                    tap: Some(
+                        n.tap
+                            .try_clone()
+                            .context("cannot share the TAP with the VM")?,
+                    ),
+                    mac: n.spec.mac,
+                })
+            })
+            .transpose()
+    }
 }
 
 fn console_file(path: &Path) -> anyhow::Result<ConsoleOutput> {
@@ -119,7 +145,7 @@ fn console_file(path: &Path) -> anyhow::Result<ConsoleOutput> {
     Ok(ConsoleOutput::Writer(Box::new(file)))
 }
 
-fn vsock_config(m: &Machine) -> VsockConfig {
+fn vsock_config(m: &Machine<'_>) -> VsockConfig {
     VsockConfig {
         cid: 3,
         uds_path: m.uds.clone(),
@@ -127,7 +153,7 @@ fn vsock_config(m: &Machine) -> VsockConfig {
 }
 
 /// Boots the guest kernel with the container's disks.
-fn start_cold(m: &Machine) -> anyhow::Result<RunningVm> {
+fn start_cold(m: &Machine<'_>) -> anyhow::Result<RunningVm> {
     let mut config = VmConfig::new(&m.kernel);
     config.initrd = Some(m.initramfs.clone());
     config.mem_mib = m.mem_mib;
@@ -143,6 +169,7 @@ fn start_cold(m: &Machine) -> anyhow::Result<RunningVm> {
             socket: Some(socket.clone()),
         })
         .collect();
+    config.net = m.net_config()?;
     RunningVm::start(config).context("cannot start the microVM")
 }
 
@@ -150,7 +177,7 @@ fn start_cold(m: &Machine) -> anyhow::Result<RunningVm> {
 /// container's disks and shares in its slots; a template that cannot be
 /// restored is made again, once.
 fn start_warm(
-    m: &Machine,
+    m: &Machine<'_>,
     shares: &mut Shares,
     on_boot: template::OnBoot<'_>,
 ) -> anyhow::Result<(RunningVm, Boot)> {
@@ -168,7 +195,7 @@ fn start_warm(
             disks: m.disks.iter().cloned().map(Some).collect(),
             vsock: Some(vsock_config(m)),
             shares: (0..SHARE_SLOTS).map(|i| m.shares.get(i).cloned()).collect(),
-            net: None,
+            net: m.net_config()?,
         })?)
     };
     let vm = match restore(&tpl.dir) {

@@ -38,7 +38,9 @@ pub fn create(
         Boot::Warm { .. } => Some(Refresh::now(plan.spec.hostname.clone())?),
         Boot::Cold => None,
     };
-    match Pending::create(stream, &plan.spec, refresh) {
+    let mut spec = plan.spec.clone();
+    spec.network = booted.net.as_ref().map(|n| n.spec.clone());
+    match Pending::create(stream, &spec, refresh) {
         Ok(pending) => Ok(Created { booted, pending }),
         Err(e) => Err(booted.explain(e)),
     }

@@ -6,7 +6,7 @@
 //! (the VM up, the container built in it), `start`, `kill`, `exec`,
 //! `pause` (and resume, and the process list), `delete`; `state` is the
 //! on-disk record every command locks. Below them: `plan` (what the VM is
-//! made of), `boot` (template restore or cold boot), `agent` (the vsock
+//! made of), `network` (its TAP and lease), `boot` (template restore or cold boot), `agent` (the vsock
 //! session with the guest agent), `vm` (the VMM on its thread), `monitor`
 //! and its `control` socket, `hooks` (OCI hooks on the host), `signals`
 //! and `tty`. Data flows one way: commands call these, these call the
@@ -21,6 +21,7 @@ pub mod exec;
 pub mod hooks;
 pub mod kill;
 pub mod monitor;
+pub mod network;
 pub mod pause;
 pub mod plan;
 pub mod run_dir;

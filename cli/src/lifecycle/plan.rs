@@ -9,6 +9,7 @@ use anyhow::Context;
 use bulkhead_protocol::ContainerSpec;
 use serde::{Deserialize, Serialize};
 
+use super::network::NetworkPlan;
 use crate::share::HostDir;
 use crate::template::{MAX_WARM_SHARES, MAX_WARM_VOLUMES};
 
@@ -34,6 +35,8 @@ pub struct Plan {
     pub mem_mib: u64,
     /// Boot the guest kernel instead of restoring a template.
     pub cold: bool,
+    #[serde(default)]
+    pub network: NetworkPlan,
 }
 
 impl Plan {

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use bulkhead_protocol::{ContainerSpec, Source, Storage, Volume};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
+use crate::lifecycle::network::NetworkPlan;
 use crate::lifecycle::{Plan, Record};
 use crate::share::{self, HostDir};
 
@@ -92,7 +93,23 @@ fn plan(spec: &Spec, bundle: &Path) -> anyhow::Result<Plan> {
         host_dirs: shares.dirs,
         mem_mib: Plan::mem_mib_for(memory),
         cold: false,
+        network: engine_network(spec),
     })
+}
+
+/// A network namespace the engine made and put its interface in: the
+/// guest's eth0 takes that interface's place. Without one (a new, empty
+/// namespace) the container has only `lo`, as under runc.
+fn engine_network(spec: &Spec) -> NetworkPlan {
+    let path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+        .and_then(|ns| ns.path().clone());
+    path.map_or(NetworkPlan::None, NetworkPlan::Namespace)
 }
 
 /// The host directories shared so far, by path: a directory bound twice
@@ -191,11 +208,8 @@ fn refuse_unsupported(spec: &Spec) -> anyhow::Result<()> {
     };
     for ns in linux.namespaces().iter().flatten() {
         match (ns.typ(), ns.path()) {
-            (LinuxNamespaceType::Network, Some(path)) => bail!(
-                "linux.namespaces: joining the network namespace {} is not supported yet; \
-                 run the container with --network none",
-                path.display()
-            ),
+            // The engine's veth is there: the guest takes it over.
+            (LinuxNamespaceType::Network, Some(_)) => {}
             (typ, Some(path)) => bail!(
                 "linux.namespaces: joining the {typ:?} namespace {} is not supported: \
                  the container's namespaces live in its own guest kernel",

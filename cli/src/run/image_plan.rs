@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use bulkhead_network::{Networks, PortMapping};
 use bulkhead_protocol::{
     ContainerSpec, ProcessSpec, Resources, Source, Storage, TtySize, User, Volume,
 };
@@ -15,6 +16,7 @@ use super::options::{parse_cpus, parse_size, CPU_PERIOD_US};
 use super::record;
 use super::timings::Timings;
 use super::RunArgs;
+use crate::lifecycle::network::{BridgeRequest, NetworkPlan};
 use crate::lifecycle::plan::guest_disk;
 use crate::lifecycle::{tty, Disk, Plan};
 use crate::paths;
@@ -27,6 +29,9 @@ pub struct Request {
     memory: Option<i64>,
     cpu_quota: Option<i64>,
     mounts: Vec<MountArg>,
+    /// The network to join (`None`: `--network none`) and the ports to
+    /// publish on it.
+    network: Option<(String, Vec<PortMapping>)>,
 }
 
 impl Request {
@@ -47,18 +52,52 @@ impl Request {
                 bail!("invalid --hostname {h:?}");
             }
         }
+        let network = network_request(args)?;
         paths::kernel()?;
         paths::agent()?;
         Ok(Request {
             memory,
             cpu_quota,
             mounts,
+            network,
         })
     }
 }
 
+/// `--network`, `-p`: the network must exist and every port spec parse.
+fn network_request(args: &RunArgs) -> anyhow::Result<Option<(String, Vec<PortMapping>)>> {
+    let ports = args
+        .publish
+        .iter()
+        .map(|p| p.parse::<PortMapping>())
+        .collect::<Result<Vec<_>, _>>()?;
+    match args.network.as_str() {
+        "none" if !ports.is_empty() || args.publish_all => {
+            bail!("-p and -P need a network: not with --network none")
+        }
+        "none" => Ok(None),
+        "host" => bail!("--network host is not possible: a microVM has its own network stack"),
+        name => {
+            Networks::open(&paths::root())?.get(name)?;
+            Ok(Some((name.to_string(), ports)))
+        }
+    }
+}
+
+/// `-P`: each port the image exposes, on a random host port.
+fn exposed_ports(exposed: &[String]) -> anyhow::Result<Vec<PortMapping>> {
+    exposed
+        .iter()
+        .map(|p| {
+            // An image says `80/tcp` (or `80`): `-p` syntax for a random port.
+            p.parse::<PortMapping>()
+                .with_context(|| format!("the image exposes {p:?}, which cannot be published"))
+        })
+        .collect()
+}
+
 /// The plan for `args`, with the scratch disk made in `dir`; `hostname`
-/// unless `--hostname` says otherwise.
+/// (the container's id) unless `--hostname` says otherwise.
 pub fn plan(
     args: &RunArgs,
     request: &Request,
@@ -138,12 +177,33 @@ pub fn plan(
         ..ContainerSpec::new(process_spec)
     };
     spec.validate().context("invalid container spec")?;
+    let network = match &request.network {
+        None => NetworkPlan::None,
+        Some((network, ports)) => {
+            let mut ports = ports.clone();
+            if args.publish_all {
+                ports.extend(exposed_ports(&image.config.exposed_ports)?);
+            }
+            NetworkPlan::Bridge(BridgeRequest {
+                network: network.clone(),
+                container_id: hostname.to_string(),
+                name: args.name.clone(),
+                hostname: spec
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| hostname.to_string()),
+                ports,
+                dns: args.dns.clone(),
+            })
+        }
+    };
     Ok(Plan {
         spec,
         disks,
         host_dirs: host_dirs(&request.mounts),
         mem_mib: Plan::mem_mib_for(request.memory),
         cold: args.cold,
+        network,
     })
 }
 

@@ -61,6 +61,20 @@ pub struct RunArgs {
     /// type=volume,source=NAME,target=/path[,readonly].
     #[arg(long = "mount", value_name = "SPEC")]
     pub mounts: Vec<String>,
+    /// Connect the container to a network: `bridge` (the default one),
+    /// `none` (only lo), or a network made by `bulkhead network create`.
+    #[arg(long, visible_alias = "net", default_value = "bridge")]
+    pub network: String,
+    /// Publish a container port on the host: [HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp]
+    /// (HOSTPORT empty, or CTRPORT alone: a random free port).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Publish every port the image exposes, each on a random host port.
+    #[arg(short = 'P', long)]
+    pub publish_all: bool,
+    /// A nameserver for the container's resolv.conf (instead of the host's).
+    #[arg(long)]
+    pub dns: Vec<std::net::Ipv4Addr>,
     /// Keep stdin open and forward it.
     #[arg(short = 'i', long)]
     pub interactive: bool,

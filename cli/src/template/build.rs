@@ -7,11 +7,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bulkhead_vmm::config::{ConsoleOutput, FsConfig, VmConfig, VsockConfig};
+use bulkhead_vmm::config::{ConsoleOutput, FsConfig, NetConfig, VmConfig, VsockConfig};
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
 use super::ready::ReadyWatcher;
-use super::{OnBoot, TemplateMeta, TemplateSpec, DISK_SLOTS, META_FILE, SHARE_SLOTS};
+use super::{OnBoot, TemplateMeta, TemplateSpec, DISK_SLOTS, META_FILE, NET_SLOT_MAC, SHARE_SLOTS};
 use crate::share;
 
 /// Boots on PVM hosts take tens of seconds; on real hosts well under one.
@@ -100,6 +100,13 @@ fn boot_and_snapshot(
             socket: None,
         })
         .collect();
+    // A NIC without a cable: the guest probes it (its rings and buffers
+    // are in the snapshot); a run with a network plugs its TAP in at
+    // restore, and the agent gives eth0 the run's MAC.
+    config.net = Some(NetConfig {
+        tap: None,
+        mac: NET_SLOT_MAC,
+    });
     config.vsock = Some(VsockConfig {
         cid: 3,
         uds_path: work.join("vsock.sock"),

@@ -32,6 +32,9 @@ pub const MAX_WARM_VOLUMES: usize = DISK_SLOTS - 2;
 pub const SHARE_SLOTS: usize = 4;
 /// Host directories a warm run can share.
 pub const MAX_WARM_SHARES: usize = SHARE_SLOTS;
+/// The MAC of every template's virtio-net slot (locally administered);
+/// no container keeps it.
+pub const NET_SLOT_MAC: [u8; 6] = [0x02, 0xb7, 0x00, 0x00, 0x00, 0x01];
 
 const META_FILE: &str = "template.json";
 
@@ -106,7 +109,7 @@ impl TemplateSpec {
     /// The key naming this template: a digest of everything that shapes it.
     pub fn key(&self) -> anyhow::Result<String> {
         let text = format!(
-            "kernel {}\ninitramfs {}\nvcpus {}\nmem {}\nslots {DISK_SLOTS}\nfs_slots {SHARE_SLOTS}\n\
+            "kernel {}\ninitramfs {}\nvcpus {}\nmem {}\nslots {DISK_SLOTS}\nfs_slots {SHARE_SLOTS}\nnet_slot 1\n\
              pvm {}\nvmm {}\n",
             file_identity(&self.kernel)?,
             content_named_identity(&self.initramfs)?,

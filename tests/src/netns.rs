@@ -1,0 +1,92 @@
+//! A network namespace a test makes for itself (`ip netns add`), so every
+//! packet a networking test moves stays inside it: bulkhead runs there
+//! (`ip netns exec`), and the test talks to its loopback, bridges and
+//! containers from a thread that joined it.
+
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// A new namespace with `lo` up and IPv4 forwarding on (what a host
+    /// that publishes container ports has).
+    pub fn new() -> NetNs {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "bh-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The command line prefix that runs a program inside the namespace.
+    pub fn exec_prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+
+    /// Runs `f` on a thread that joined the namespace: its sockets are the
+    /// namespace's.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the test's netns");
+            // SAFETY: setns on a namespace descriptor we hold; it changes
+            // only this thread, which is ours alone.
+            let rc = unsafe {
+                libc::setns(
+                    std::os::fd::AsRawFd::as_raw_fd(&ns.as_fd()),
+                    libc::CLONE_NEWNET,
+                )
+            };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("the thread in the test's netns panicked")
+    }
+
+    /// What `cmd ARGS` prints inside the namespace (stdout), and whether it
+    /// succeeded.
+    pub fn output(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        NetNs::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}

@@ -1,0 +1,280 @@
+//! Networking end to end: containers on bulkhead's bridge and on user
+//! networks, published TCP and UDP ports, `--network none`, the sweep
+//! after `kill -9`, and the errors. Every test runs bulkhead inside a
+//! network namespace of its own and talks only to addresses inside it.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bulkhead_tests::netns::NetNs;
+use bulkhead_tests::{static_c_binary, tempdir, Root, Run};
+
+/// Long enough for a guest on a loaded PVM host to bring its server up.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn ok(run: &Run) {
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+}
+
+fn fails_with(run: &Run, needle: &str) {
+    assert_eq!(run.code, Some(125), "{run:?}");
+    assert!(run.stderr.contains(needle), "no {needle:?} in: {run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+    assert_eq!(
+        run.stderr.trim().lines().count(),
+        1,
+        "not one line: {run:?}"
+    );
+}
+
+/// A detached busybox httpd serving `body` at `/` on port 80.
+fn serve(root: &Root, name: &str, body: &str, extra: &[&str]) {
+    let script =
+        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let mut args = vec!["run", "-d", "--name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["busybox", "sh", "-c", &script]);
+    ok(&root.bulkhead_detaching(&args));
+}
+
+/// `GET /` from inside `ns`, retried until the server answers.
+fn http_get(ns: &NetNs, addr: &str) -> String {
+    let addr = addr.to_string();
+    ns.run(move || {
+        let deadline = Instant::now() + SERVE_TIMEOUT;
+        loop {
+            match get_once(&addr) {
+                Ok(body) => return body,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("GET http://{addr}/: {e}"),
+            }
+        }
+    })
+}
+
+fn get_once(addr: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {reply:?}")))?;
+    Ok(body)
+}
+
+/// The containers a network's leases still name.
+fn endpoints(root: &Root, network: &str) -> Vec<serde_json::Value> {
+    let run = root.bulkhead(&["network", "inspect", network]);
+    ok(&run);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("inspect is JSON");
+    v[0]["containers"].as_array().cloned().unwrap_or_default()
+}
+
+/// Nothing of a container's network is left in `ns`: no TAP, no DNAT
+/// rule, no lease.
+fn assert_network_clean(root: &Root, ns: &NetNs, network: &str) {
+    let (_, links) = ns.output(&["ip", "-o", "link", "show"]);
+    assert!(!links.lines().any(is_tap), "a TAP is left: {links}");
+    let (_, table) = ns.output(&["nft", "list", "table", "ip", "bulkhead"]);
+    assert!(!table.contains("dnat"), "a published port is left: {table}");
+    assert_eq!(endpoints(root, network), Vec::<serde_json::Value>::new());
+}
+
+/// Whether an `ip -o link` line is a container's TAP: `bh` and 12 hex
+/// digits (bridges are `bulkhead0` and `bh-NAME`).
+fn is_tap(line: &str) -> bool {
+    line.split(": ").nth(1).is_some_and(|name| {
+        let name = name.split(['@', ':']).next().unwrap_or("");
+        name.len() == 14
+            && name.starts_with("bh")
+            && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+#[test]
+fn two_containers_serve_port_80_on_two_host_ports() {
+    let ns = NetNs::new();
+    let root = Root::new().in_netns(&ns);
+    serve(&root, "web-a", "from-a", &["-p", "8081:80"]);
+    serve(&root, "web-b", "from-b", &["-p", "127.0.0.1:8082:80/tcp"]);
+    assert_eq!(http_get(&ns, "127.0.0.1:8081").trim(), "from-a");
+    assert_eq!(http_get(&ns, "127.0.0.1:8082").trim(), "from-b");
+    // Through the bridge's address too, as another host would come in.
+    assert_eq!(http_get(&ns, "10.89.0.1:8081").trim(), "from-a");
+
+    let inspect = endpoints(&root, "bridge");
+    assert_eq!(inspect.len(), 2, "{inspect:?}");
+    ok(&root.bulkhead(&["rm", "-f", "web-a", "web-b"]));
+    assert_network_clean(&root, &ns, "bridge");
+}
+
+#[test]
+fn containers_on_a_user_network_reach_each_other_by_name() {
+    let ns = NetNs::new();
+    let root = Root::new().in_netns(&ns);
+    ok(&root.bulkhead(&["network", "create", "appnet"]));
+    let ls = root.bulkhead(&["network", "ls"]);
+    ok(&ls);
+    assert!(ls.stdout.contains("appnet"), "{ls:?}");
+    serve(&root, "srv", "by-name", &["--network", "appnet"]);
+
+    let fetch = root.bulkhead(&[
+        "run",
+        "--network",
+        "appnet",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in $(seq 60); do wget -q -O- http://srv/ && exit 0; sleep 1; done; exit 1",
+    ]);
+    ok(&fetch);
+    assert_eq!(fetch.stdout.trim(), "by-name");
+    root.assert_clean(&fetch);
+
+    let busy = root.bulkhead(&["network", "rm", "appnet"]);
+    assert_eq!(
+        busy.code,
+        Some(125),
+        "a network in use was removed: {busy:?}"
+    );
+    ok(&root.bulkhead(&["rm", "-f", "srv"]));
+    assert_network_clean(&root, &ns, "appnet");
+    ok(&root.bulkhead(&["network", "rm", "appnet"]));
+    let (_, links) = ns.output(&["ip", "-o", "link", "show"]);
+    assert!(
+        !links.contains("bh-"),
+        "the network's bridge is left: {links}"
+    );
+}
+
+#[test]
+fn the_default_network_gives_eth0_and_none_gives_only_lo() {
+    let ns = NetNs::new();
+    let root = Root::new().in_netns(&ns);
+    let bridged = root.bulkhead(&[
+        "run",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -o -4 addr; cat /etc/hosts",
+    ]);
+    ok(&bridged);
+    assert!(bridged.stdout.contains("eth0"), "{bridged:?}");
+    assert!(bridged.stdout.contains("inet 10.89.0."), "{bridged:?}");
+    assert!(bridged.stdout.contains("localhost"), "{bridged:?}");
+
+    let none = root.bulkhead(&["run", "--network", "none", "busybox", "ip", "-o", "link"]);
+    ok(&none);
+    let links: Vec<_> = none.stdout.lines().collect();
+    assert_eq!(links.len(), 1, "{none:?}");
+    assert!(links[0].contains(": lo:"), "{none:?}");
+    root.assert_clean(&none);
+    assert_network_clean(&root, &ns, "bridge");
+}
+
+#[test]
+fn udp_echo_through_a_published_port() {
+    let ns = NetNs::new();
+    let root = Root::new().in_netns(&ns);
+    let fixtures = tempdir();
+    static_c_binary("udp_echo", fixtures.path());
+    let share = format!("{}:/fix:ro", fixtures.path().display());
+    ok(&root.bulkhead_detaching(&[
+        "run",
+        "-d",
+        "--name",
+        "echo",
+        "-p",
+        "5353:7/udp",
+        "-v",
+        &share,
+        "busybox",
+        "/fix/udp_echo",
+        "7",
+    ]));
+    let reply = ns.run(|| {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let deadline = Instant::now() + SERVE_TIMEOUT;
+        let mut buf = [0u8; 64];
+        loop {
+            sock.send_to(b"ping-udp", "127.0.0.1:5353").unwrap();
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            assert!(Instant::now() < deadline, "no UDP echo");
+        }
+    });
+    assert_eq!(reply, "ping-udp");
+    ok(&root.bulkhead(&["rm", "-f", "echo"]));
+    assert_network_clean(&root, &ns, "bridge");
+}
+
+#[test]
+fn kill_9_of_bulkhead_leaves_nothing_after_the_sweep() {
+    let ns = NetNs::new();
+    let root = Root::new().in_netns(&ns);
+    let mut child = root.spawn(&["run", "-p", "8090:80", "busybox", "sleep", "600"]);
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    while endpoints(&root, "bridge").is_empty() {
+        assert!(Instant::now() < deadline, "the run never took a lease");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, table) = ns.output(&["nft", "list", "table", "ip", "bulkhead"]);
+    assert!(
+        table.contains("dnat"),
+        "the port was never published: {table}"
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+
+    let gc = root.bulkhead(&["gc"]);
+    ok(&gc);
+    assert_network_clean(&root, &ns, "bridge");
+}
+
+#[test]
+fn network_errors_are_one_line_and_leave_nothing() {
+    let ns = NetNs::new();
+    let root = Root::new().in_netns(&ns);
+    let unknown = root.bulkhead(&["run", "--network", "nosuchnet", "busybox", "true"]);
+    fails_with(&unknown, "nosuchnet");
+    let bad = root.bulkhead(&["run", "-p", "80:http", "busybox", "true"]);
+    fails_with(&bad, "80:http");
+
+    // Something of the host's already listens on the port.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let path = format!("/run/netns/{}", ns.name());
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a namespace descriptor we hold, for this thread only.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
+            let l = std::net::TcpListener::bind("0.0.0.0:8095").unwrap();
+            tx.send(()).unwrap();
+            let _ = stop_rx.recv();
+            drop(l);
+        })
+    };
+    rx.recv().unwrap();
+    let busy = root.bulkhead(&["run", "-p", "8095:80", "busybox", "true"]);
+    fails_with(&busy, "8095");
+    stop_tx.send(()).unwrap();
+    holder.join().unwrap();
+    root.assert_clean(&busy);
+    assert_network_clean(&root, &ns, "bridge");
+}
