@@ -4,7 +4,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -261,6 +262,26 @@ impl Netlink {
                 Err(e.context(op))
             }
         }
+    }
+
+    /// Turns hairpin mode on or off for bridge port `index`: the bridge may
+    /// then send a frame back out the port it came in on, which a
+    /// container reaching its own published port through the host needs
+    /// when the host's bridge traffic goes through netfilter.
+    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let mut msg = message(index);
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )])),
+        ]));
+        self.set(msg, |name| {
+            format!(
+                "turn hairpin mode {} on bridge port {name}",
+                if on { "on" } else { "off" }
+            )
+        })
     }
 
     /// Moves link `index` into the network namespace `netns` (an open

@@ -61,6 +61,9 @@ pub(crate) fn attach(nl: &mut Netlink, tap: &str, bridge: u32) -> Result<u32, Ne
     if link.master != Some(bridge) {
         nl.set_master(link.index, Some(bridge))?;
     }
+    // A container reaching its own published port through the host: the
+    // DNAT'd frame must go back out the port it came in on.
+    nl.set_hairpin(link.index, true)?;
     if !link.up {
         nl.set_up(link.index, true)?;
     }
