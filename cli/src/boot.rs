@@ -8,8 +8,10 @@ use anyhow::Context;
 use bulkhead_vmm::boot::pvm::PvmCompat;
 use bulkhead_vmm::builder::RestoreConfig;
 use bulkhead_vmm::config::{
-    ConsoleOutput, DiskConfig, FsConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB, FS_TAG_MAX,
+    ConsoleOutput, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_MEM_MIB,
+    FS_TAG_MAX,
 };
+use bulkhead_vmm::devices::virtio::net::Tap;
 use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
 
 use crate::bench::restore::RestoreRecord;
@@ -48,6 +50,12 @@ pub struct BootArgs {
     /// listening on SOCKET (e.g. a virtiofsd); no SOCKET: an empty slot.
     #[arg(long = "share", value_name = "TAG[=SOCKET]")]
     shares: Vec<String>,
+    /// virtio-net on the TAP named TAP (created in bulkhead's network
+    /// namespace if it does not exist), the guest's eth0 showing MAC
+    /// (default: one derived from the TAP name). No TAP (`--net =MAC`): a
+    /// NIC with no cable, which a restore can plug a TAP into.
+    #[arg(long, value_name = "TAP[=MAC]")]
+    net: Option<String>,
     #[command(flatten)]
     vsock: VsockArgs,
     /// PVM host compatibility (feature masks, syscall fix): auto-detected by default.
@@ -94,6 +102,11 @@ pub struct RestoreArgs {
     /// order ("" leaves a slot unconnected).
     #[arg(long = "share", value_name = "SOCKET")]
     shares: Vec<PathBuf>,
+    /// The TAP to plug into the snapshot's virtio-net slot, and the MAC
+    /// its config space now shows (default: one derived from the TAP
+    /// name). Without it the slot has no TAP and keeps its MAC.
+    #[arg(long, value_name = "TAP[=MAC]")]
+    net: Option<String>,
     #[command(flatten)]
     vsock: VsockArgs,
     /// Write when the restore began and when the vCPUs were started, as
@@ -149,6 +162,53 @@ pub fn parse_share(spec: &str) -> anyhow::Result<FsConfig> {
     })
 }
 
+/// `--net TAP[=MAC]`: opens the TAP (none for an empty name).
+pub fn parse_net(spec: &str) -> anyhow::Result<NetConfig> {
+    let (name, mac) = match spec.split_once('=') {
+        Some((n, m)) => (n, Some(m)),
+        None => (spec, None),
+    };
+    let mac = match mac {
+        Some(m) => parse_mac(m).with_context(|| format!("--net {spec}"))?,
+        None => default_mac(name),
+    };
+    let tap = if name.is_empty() {
+        None
+    } else {
+        Some(Tap::open(name).with_context(|| format!("--net {spec}"))?)
+    };
+    Ok(NetConfig { tap, mac })
+}
+
+/// `aa:bb:cc:dd:ee:ff`, a unicast address.
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    anyhow::ensure!(
+        parts.len() == 6 && parts.iter().all(|p| p.len() == 2),
+        "MAC address {s:?} is not six hex bytes like 02:00:00:00:00:01"
+    );
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| anyhow::anyhow!("MAC address {s:?} is not six hex bytes"))?;
+    }
+    anyhow::ensure!(
+        mac[0] & 1 == 0 && mac != [0; 6],
+        "MAC address {s} is not a unicast address"
+    );
+    Ok(mac)
+}
+
+/// A locally administered unicast MAC, stable for a TAP name (FNV-1a),
+/// so a boot and a restore on the same TAP agree.
+fn default_mac(tap: &str) -> [u8; 6] {
+    let h = tap.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let b = h.to_le_bytes();
+    [0x02, b[0], b[1], b[2], b[3], b[4]]
+}
+
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let mut config = VmConfig::new(args.kernel);
     config.initrd = args.initrd;
@@ -172,6 +232,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .map(|s| parse_share(s))
         .collect::<anyhow::Result<_>>()?;
     config.vsock = args.vsock.config();
+    config.net = args.net.as_deref().map(parse_net).transpose()?;
     let (Some(dir), Some(when)) = (args.snapshot_to, args.snapshot_when) else {
         let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
         vmm.run().context("the VM failed")?;
@@ -223,7 +284,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .map(|s| (!s.as_os_str().is_empty()).then_some(s))
             .collect(),
-        net: None,
+        net: args.net.as_deref().map(parse_net).transpose()?,
     };
     let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;
@@ -243,4 +304,37 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         record.write(path)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_specs() {
+        assert_eq!(
+            parse_mac("02:aB:00:10:ff:09").unwrap(),
+            [2, 0xab, 0, 0x10, 0xff, 9]
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:0g",
+            "01:00:00:00:00:01",
+            "0:0:0:0:0:0",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        let slot = parse_net("=02:00:00:00:00:07").unwrap();
+        assert!(slot.tap.is_none());
+        assert_eq!(slot.mac, [2, 0, 0, 0, 0, 7]);
+        assert_eq!(parse_net("").unwrap().mac, default_mac(""));
+        assert_eq!(default_mac("tap0"), default_mac("tap0"));
+        assert_ne!(default_mac("tap0"), default_mac("tap1"));
+        assert_eq!(default_mac("tap0")[0], 2);
+        let err = parse_net("tap0=zz").unwrap_err();
+        assert!(format!("{err:#}").contains("--net tap0=zz"), "{err:#}");
+        let err = parse_net("no/slashes").unwrap_err();
+        assert!(format!("{err:#}").contains("no/slashes"), "{err:#}");
+    }
 }

@@ -180,6 +180,7 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
             disks: &config.disks,
             empty_disk_slots: config.empty_disk_slots,
             shares: &config.shares,
+            net: config.net.as_ref(),
             vsock: config.vsock.as_ref(),
         },
     )?;
@@ -247,6 +248,7 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
         RestoreBackings {
             disks: &config.disks,
             shares: &config.shares,
+            net: config.net.as_ref(),
             vsock: config.vsock.as_ref(),
         },
     )?;

@@ -1,10 +1,10 @@
 //! virtio devices over the virtio-mmio transport.
 //!
-//! A device ([`block::Block`], [`vsock::Vsock`], [`fs::Fs`]) implements [`VirtioDevice`]
-//! for the transport side (features, queues, config space, activation) and
-//! `event_manager::MutEventSubscriber` for the work side: every queue and
-//! backend file descriptor is serviced on the VMM event loop, never on a vCPU
-//! thread. [`attach::attach_mmio_device`] wires one device into a VM.
+//! A device ([`block::Block`], [`vsock::Vsock`], [`fs::Fs`], [`net::Net`])
+//! implements [`VirtioDevice`] for the transport side (features, queues,
+//! config space, activation) and `event_manager::MutEventSubscriber` for the
+//! work side: every queue and backend file descriptor is serviced on the VMM
+//! event loop, never on a vCPU thread. [`attach::attach_mmio_device`] wires one device into a VM.
 //!
 //! Snapshots: [`persist`] holds the state every device shares (queues,
 //! [`DeviceCore`], transport registers), each device a `persist.rs` with its

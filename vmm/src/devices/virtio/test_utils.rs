@@ -60,6 +60,11 @@ pub fn mmio_write(t: &mut MmioTransport, offset: u64, value: u32) {
 
 /// Negotiates every offered feature, sets up `queues` and sets DRIVER_OK.
 pub fn activate(t: &mut MmioTransport, queues: &[&GuestQueue]) {
+    activate_without(t, queues, 0);
+}
+
+/// [`activate`], declining the offered features in `declined`.
+pub fn activate_without(t: &mut MmioTransport, queues: &[&GuestQueue], declined: u64) {
     use status::*;
     mmio_write(t, 0x70, ACKNOWLEDGE);
     mmio_write(t, 0x70, ACKNOWLEDGE | DRIVER);
@@ -67,7 +72,7 @@ pub fn activate(t: &mut MmioTransport, queues: &[&GuestQueue]) {
         mmio_write(t, 0x14, page);
         let offered = mmio_read(t, 0x10);
         mmio_write(t, 0x24, page);
-        mmio_write(t, 0x20, offered);
+        mmio_write(t, 0x20, offered & !((declined >> (32 * page)) as u32));
     }
     mmio_write(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
     assert_ne!(mmio_read(t, 0x70) & FEATURES_OK, 0);

@@ -14,9 +14,10 @@ use super::block::{Block, BlockError};
 use super::device::VirtioDevice;
 use super::fs::{Fs, FsError};
 use super::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use super::net::{Net, NetError};
 use super::vsock::{Vsock, VsockError};
 use crate::arch::x86_64::layout::{IRQ_MAX, VIRTIO_IRQ_BASE, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
-use crate::config::{DiskConfig, FsConfig, VsockConfig};
+use crate::config::{DiskConfig, FsConfig, NetConfig, VsockConfig};
 use crate::devices::bus::{lock, Bus, BusError};
 
 mod persist;
@@ -84,6 +85,11 @@ pub enum AttachError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A restore was given a TAP for a snapshot without a net device.
+    #[error("a network device is configured but the snapshot has no virtio-net slot")]
+    NoNetSlot,
 }
 
 /// Wires `device` into the VM at `slot`:
@@ -201,6 +207,7 @@ struct Attached {
 enum AttachedDevice {
     Block(Arc<Mutex<Block>>),
     Fs(Arc<Mutex<Fs>>),
+    Net(Arc<Mutex<Net>>),
     Vsock(Arc<Mutex<Vsock>>),
 }
 
@@ -209,6 +216,7 @@ impl AttachedDevice {
         match self {
             Self::Block(b) => b.clone(),
             Self::Fs(f) => f.clone(),
+            Self::Net(n) => n.clone(),
             Self::Vsock(v) => v.clone(),
         }
     }
@@ -217,6 +225,7 @@ impl AttachedDevice {
         match self {
             Self::Block(b) => b.clone(),
             Self::Fs(f) => f.clone(),
+            Self::Net(n) => n.clone(),
             Self::Vsock(v) => v.clone(),
         }
     }
@@ -231,6 +240,12 @@ impl From<Arc<Mutex<Fs>>> for AttachedDevice {
 impl From<Arc<Mutex<Block>>> for AttachedDevice {
     fn from(b: Arc<Mutex<Block>>) -> Self {
         Self::Block(b)
+    }
+}
+
+impl From<Arc<Mutex<Net>>> for AttachedDevice {
+    fn from(n: Arc<Mutex<Net>>) -> Self {
+        Self::Net(n)
     }
 }
 
@@ -298,11 +313,13 @@ pub struct VirtioDevices<'a> {
     /// snapshot of this VM is restored.
     pub empty_disk_slots: usize,
     pub shares: &'a [FsConfig],
+    /// The device gets its own descriptor of the TAP.
+    pub net: Option<&'a NetConfig>,
     pub vsock: Option<&'a VsockConfig>,
 }
 
 /// Attaches `devices` in consecutive slots of the layout: disks, empty
-/// block slots, virtio-fs devices, then the vsock.
+/// block slots, virtio-fs devices, the net device, then the vsock.
 pub fn attach_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -330,6 +347,10 @@ pub fn attach_devices(
     for share in devices.shares {
         let fs = Fs::new(&share.tag, share.socket.as_deref())?;
         attach(&mut attached, Arc::new(Mutex::new(fs)).into())?;
+    }
+    if let Some(cfg) = devices.net {
+        let net = Net::from_config(cfg)?;
+        attach(&mut attached, Arc::new(Mutex::new(net)).into())?;
     }
     if let Some(cfg) = devices.vsock {
         let vsock = Vsock::new(cfg.cid, &cfg.uds_path)?;
@@ -420,6 +441,65 @@ mod tests {
             assert_eq!(u32::from_le_bytes(b), id);
         }
         assert!(vsock.uds_path.exists());
+    }
+
+    #[test]
+    fn attaches_net_after_shares_and_before_vsock() {
+        let Some(vm) = vm() else { return };
+        let dir = TempDir::new().unwrap();
+        let img = dir.as_path().join("a.img");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let mem = guest_memory();
+        let mut bus = Bus::new();
+        let mut em = DeviceEventManager::new().unwrap();
+        let mut cmdline = Cmdline::new(2048).unwrap();
+        let disks = [DiskConfig {
+            path: img,
+            read_only: false,
+        }];
+        let shares = [FsConfig {
+            tag: "data".into(),
+            socket: None,
+        }];
+        let mac = [0x02, 0, 0, 0, 0, 7];
+        let net = NetConfig { tap: None, mac };
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: dir.as_path().join("v.sock"),
+        };
+        let devices = VirtioDevices {
+            disks: &disks,
+            shares: &shares,
+            net: Some(&net),
+            vsock: Some(&vsock),
+            ..Default::default()
+        };
+        let attached = attach_devices(&vm, &mem, &mut bus, &mut em, &mut cmdline, devices).unwrap();
+        assert_eq!(attached.len(), 4);
+        for (i, id) in [2u32, 26, 1, 19].into_iter().enumerate() {
+            let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
+            let mut b = [0u8; 4];
+            assert!(bus.read(base + 8, &mut b));
+            assert_eq!(u32::from_le_bytes(b), id, "slot {i}");
+        }
+        let mut config = [0u8; 8];
+        assert!(bus.read(
+            VIRTIO_MMIO_START + 2 * VIRTIO_MMIO_SIZE + 0x100,
+            &mut config
+        ));
+        assert_eq!(config, [2, 0, 0, 0, 0, 7, 1, 0]);
+
+        let bad = NetConfig {
+            tap: None,
+            mac: [0xff; 6],
+        };
+        let devices = VirtioDevices {
+            net: Some(&bad),
+            ..Default::default()
+        };
+        let err = attach_devices(&vm, &mem, &mut bus, &mut em, &mut cmdline, devices).unwrap_err();
+        assert!(matches!(err, AttachError::Net(_)), "{err}");
+        assert!(err.to_string().contains("ff:ff:ff:ff:ff:ff"), "{err}");
     }
 
     #[test]

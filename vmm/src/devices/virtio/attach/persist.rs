@@ -8,13 +8,14 @@ use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
-use super::{AttachedDevice, AttachedDevices, DeviceEventManager, MmioSlot, Wiring};
+use super::{AttachError, AttachedDevice, AttachedDevices, DeviceEventManager, MmioSlot, Wiring};
 use crate::arch::x86_64::layout::{VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
-use crate::config::{DiskConfig, VsockConfig};
+use crate::config::{DiskConfig, NetConfig, VsockConfig};
 use crate::devices::bus::{lock, Bus};
 use crate::devices::virtio::block::{Block, BlockState};
 use crate::devices::virtio::fs::{Fs, FsState};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{clone_tap, Net, NetState};
 use crate::devices::virtio::persist::{MmioTransportState, RestoreError};
 use crate::devices::virtio::vsock::{Vsock, VsockState};
 
@@ -33,6 +34,7 @@ pub struct MmioDeviceState {
 pub enum DeviceState {
     Block(BlockState),
     Fs(FsState),
+    Net(NetState),
     Vsock(VsockState),
 }
 
@@ -48,6 +50,7 @@ impl AttachedDevices {
                 device: match &a.device {
                     AttachedDevice::Block(b) => DeviceState::Block(lock(b).save()),
                     AttachedDevice::Fs(f) => DeviceState::Fs(lock(f).save()),
+                    AttachedDevice::Net(n) => DeviceState::Net(lock(n).save()),
                     AttachedDevice::Vsock(v) => DeviceState::Vsock(lock(v).save()),
                 },
             })
@@ -64,6 +67,9 @@ pub struct RestoreBackings<'a> {
     /// The backend socket of each virtio-fs slot, in saved order; a
     /// missing or `None` entry leaves the slot unconnected.
     pub shares: &'a [Option<PathBuf>],
+    /// The TAP (on a descriptor of its own) and MAC of the net slot;
+    /// `None` leaves the slot without a TAP and with its saved MAC.
+    pub net: Option<&'a NetConfig>,
     /// The vsock's new socket and CID.
     pub vsock: Option<&'a VsockConfig>,
 }
@@ -86,6 +92,8 @@ pub fn restore_devices(
     let mut attached = AttachedDevices::default();
     let mut disks = backings.disks.iter();
     let mut shares = backings.shares.iter();
+    // Only the first net slot gets it (the VMM makes at most one).
+    let mut net = backings.net;
     for state in states {
         let slot = state.slot;
         check_slot(slot)?;
@@ -104,6 +112,14 @@ pub fn restore_devices(
                 let socket = shares.next().and_then(Option::as_deref);
                 let fs = Fs::restore(saved, socket, mem).map_err(at_slot)?;
                 AttachedDevice::from(Arc::new(Mutex::new(fs)))
+            }
+            DeviceState::Net(saved) => {
+                let (tap, mac) = match net.take() {
+                    Some(cfg) => (clone_tap(cfg).map_err(net_error)?, cfg.mac),
+                    None => (None, saved.mac),
+                };
+                let net = Net::restore(saved, tap, mac, mem).map_err(at_slot)?;
+                AttachedDevice::from(Arc::new(Mutex::new(net)))
             }
             DeviceState::Vsock(saved) => {
                 let cfg = vsock.ok_or(RestoreError::MissingVsock)?;
@@ -136,6 +152,9 @@ fn check_restore_config(
             slots,
         });
     }
+    if backings.net.is_some() && count(|d| matches!(d, DeviceState::Net(_))) == 0 {
+        return Err(RestoreError::Attach(AttachError::NoNetSlot));
+    }
     let slots = count(|d| matches!(d, DeviceState::Fs(_)));
     if backings.shares.len() > slots {
         return Err(RestoreError::TooManyShares {
@@ -152,6 +171,10 @@ fn check_restore_config(
         (n, _) if n > 1 => Err(RestoreError::DuplicateVsock),
         _ => Ok(()),
     }
+}
+
+fn net_error(e: crate::devices::virtio::net::NetError) -> RestoreError {
+    RestoreError::Attach(AttachError::Net(e))
 }
 
 /// A saved slot must be one this VM layout would have handed out.
@@ -236,6 +259,112 @@ mod tests {
         assert!(matches!(&states[3].device, DeviceState::Vsock(v) if v.cid == 3));
         assert_eq!(states[2].slot, MmioSlot::nth(2).unwrap());
         states
+    }
+
+    /// A template VM with an empty net slot and a vsock; its saved devices.
+    fn net_template(vm: &VmFd, dir: &TempDir) -> Vec<MmioDeviceState> {
+        let mem = guest_memory();
+        let mut bus = Bus::new();
+        let mut em = DeviceEventManager::new().unwrap();
+        let mut cmdline = Cmdline::new(2048).unwrap();
+        let net = NetConfig {
+            tap: None,
+            mac: [0x02, 0, 0, 0, 0, 1],
+        };
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: dir.as_path().join("n.sock"),
+        };
+        let devices = super::super::VirtioDevices {
+            net: Some(&net),
+            vsock: Some(&vsock),
+            ..Default::default()
+        };
+        let attached = attach_devices(vm, &mem, &mut bus, &mut em, &mut cmdline, devices).unwrap();
+        let states = crate::devices::virtio::test_utils::round_trip(&attached.save());
+        assert!(matches!(&states[0].device, DeviceState::Net(n) if n.tap.is_none()));
+        states
+    }
+
+    fn read_mac(bus: &Bus, base: u64) -> [u8; 6] {
+        let mut b = [0u8; 6];
+        assert!(bus.read(base + 0x100, &mut b));
+        b
+    }
+
+    #[test]
+    fn a_net_slot_restores_with_a_tap_and_a_new_mac() {
+        crate::devices::virtio::net::tests::host::in_new_netns(|| {
+            let Some(vm) = vm() else { return };
+            let dir = TempDir::new().unwrap();
+            let states = net_template(&vm, &dir);
+            let vsock = VsockConfig {
+                cid: 3,
+                uds_path: dir.as_path().join("r.sock"),
+            };
+            let restore = |net: Option<&NetConfig>| {
+                let vm = self::vm().unwrap();
+                let mem = guest_memory();
+                let mut bus = Bus::new();
+                let mut em = DeviceEventManager::new().unwrap();
+                let backings = RestoreBackings {
+                    net,
+                    vsock: Some(&vsock),
+                    ..Default::default()
+                };
+                let restored =
+                    restore_devices(&vm, &mem, &mut bus, &mut em, &states, backings).unwrap();
+                let _ = std::fs::remove_file(&vsock.uds_path);
+                (read_mac(&bus, VIRTIO_MMIO_START), restored.save())
+            };
+
+            let net = NetConfig {
+                tap: Some(crate::devices::virtio::net::Tap::open("bhslot0").unwrap()),
+                mac: [0x02, 0, 0, 0, 0, 0x42],
+            };
+            let (mac, saved) = restore(Some(&net));
+            assert_eq!(mac, net.mac);
+            assert!(
+                matches!(&saved[0].device, DeviceState::Net(n) if n.tap.as_deref() == Some("bhslot0")),
+                "{saved:?}"
+            );
+            // The config keeps its own descriptor: a retry can use it again.
+            let (mac, _) = restore(Some(&net));
+            assert_eq!(mac, net.mac);
+
+            let (mac, saved) = restore(None);
+            assert_eq!(mac, [0x02, 0, 0, 0, 0, 1]);
+            assert!(matches!(&saved[0].device, DeviceState::Net(n) if n.tap.is_none()));
+        });
+    }
+
+    #[test]
+    fn a_tap_for_a_snapshot_without_a_net_slot_is_refused() {
+        let Some(vm) = vm() else { return };
+        let dir = TempDir::new().unwrap();
+        let states = template(&vm, &dir);
+        let vm = self::vm().unwrap();
+        let mem = guest_memory();
+        let mut bus = Bus::new();
+        let mut em = DeviceEventManager::new().unwrap();
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: dir.as_path().join("x.sock"),
+        };
+        let net = NetConfig {
+            tap: None,
+            mac: [0x02, 0, 0, 0, 0, 1],
+        };
+        let backings = RestoreBackings {
+            net: Some(&net),
+            vsock: Some(&vsock),
+            ..Default::default()
+        };
+        let err = restore_devices(&vm, &mem, &mut bus, &mut em, &states, backings).unwrap_err();
+        assert!(
+            matches!(err, RestoreError::Attach(AttachError::NoNetSlot)),
+            "{err}"
+        );
     }
 
     #[test]
