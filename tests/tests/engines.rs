@@ -287,6 +287,67 @@ fn podman_run_it_gets_a_terminal() {
     world.assert_clean(&[], &format!("{run:?}"));
 }
 
+/// podman's own network (netavark's bridge, its port forwarding) with
+/// bulkhead as the runtime: the VM joins the network namespace podman made
+/// and takes over its veth, so `-p` publishes the guest's port. All of it
+/// inside a network namespace of the test's.
+#[test]
+fn podman_publishes_a_port_of_the_microvm() {
+    let world = World::new();
+    let image = podman_image(&world, "bh-publish");
+    let ns = bulkhead_tests::netns::NetNs::new();
+    let name = format!("bh-publish-{}", std::process::id());
+    let in_ns = |args: &[&str]| {
+        let base = podman(&world);
+        let mut cmd = Command::new("ip");
+        cmd.args(ns.exec_prefix().iter().skip(1))
+            .arg(base.get_program())
+            .args(base.get_args())
+            .args(args);
+        for (k, v) in base.get_envs() {
+            cmd.env(k, v.unwrap());
+        }
+        output(&mut cmd)
+    };
+    let run = in_ns(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--user",
+        "0",
+        "-p",
+        "8080:80",
+        &image,
+        "mkdir -p /tmp/www && echo via-podman > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
+    ]);
+    assert_eq!(run.code, Some(0), "podman run -d -p: {run:?}");
+    let body = ns.run(|| {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let got = (|| -> std::io::Result<String> {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:8080")?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                let mut r = String::new();
+                s.read_to_string(&mut r)?;
+                Ok(r)
+            })();
+            match got {
+                Ok(r) if r.contains("via-podman") => return r,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+                other => panic!("no answer through podman's published port: {other:?}"),
+            }
+        }
+    });
+    assert!(body.contains("via-podman"), "{body}");
+    let rm = in_ns(&["rm", "-f", &name]);
+    assert_eq!(rm.code, Some(0), "podman rm -f: {rm:?}");
+    assert_eq!(podman_containers(&world), "", "container left in podman");
+    world.assert_clean(&[], &format!("{run:?}\n{rm:?}"));
+}
+
 /// A daemon in its own process group, killed with it when dropped.
 struct Daemon {
     child: std::process::Child,
