@@ -31,15 +31,15 @@ impl NetNs {
         &self.name
     }
 
-    /// The command line prefix that runs a program inside the namespace.
-    pub fn exec_prefix(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.name]
+    /// Where the namespace is bound, for `nsenter --net=` and `setns`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
     }
 
     /// Runs `f` on a thread that joined the namespace: its sockets are the
     /// namespace's.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("open the test's netns");
             // SAFETY: setns on a namespace descriptor we hold; it changes

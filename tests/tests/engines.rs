@@ -297,10 +297,12 @@ fn podman_publishes_a_port_of_the_microvm() {
     let image = podman_image(&world, "bh-publish");
     let ns = bulkhead_tests::netns::NetNs::new();
     let name = format!("bh-publish-{}", std::process::id());
+    // nsenter, not `ip netns exec`: podman's own namespace mounts (under
+    // /run/netns) must be made and removed in one mount namespace.
     let in_ns = |args: &[&str]| {
         let base = podman(&world);
-        let mut cmd = Command::new("ip");
-        cmd.args(ns.exec_prefix().iter().skip(1))
+        let mut cmd = Command::new(require("nsenter"));
+        cmd.arg(format!("--net={}", ns.path()))
             .arg(base.get_program())
             .args(base.get_args())
             .args(args);
@@ -346,6 +348,17 @@ fn podman_publishes_a_port_of_the_microvm() {
     assert_eq!(rm.code, Some(0), "podman rm -f: {rm:?}");
     assert_eq!(podman_containers(&world), "", "container left in podman");
     world.assert_clean(&[], &format!("{run:?}\n{rm:?}"));
+    let netns: Vec<_> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("netns-"))
+        .collect();
+    assert!(
+        netns.is_empty(),
+        "podman's network namespace is left: {netns:?}"
+    );
 }
 
 /// A daemon in its own process group, killed with it when dropped.
