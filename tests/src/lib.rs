@@ -248,8 +248,10 @@ pub struct Root {
     /// Where runs keep templates: the suite's shared directory unless a
     /// test needs templates of its own.
     templates: PathBuf,
-    /// The network namespace bulkhead runs in (`ip netns exec`), if not ours.
-    netns: Option<String>,
+    /// The network namespace every bulkhead command runs in: the test's
+    /// own, so containers (on bulkhead's default bridge network) never
+    /// touch the host's network: no bridge, no nft table, no forwarding.
+    netns: netns::NetNs,
 }
 
 impl Root {
@@ -257,7 +259,7 @@ impl Root {
         Root {
             dir: tempdir(),
             templates: shared_templates(),
-            netns: None,
+            netns: netns::NetNs::new(),
         }
     }
 
@@ -266,14 +268,14 @@ impl Root {
         Root {
             dir: tempdir(),
             templates: templates.to_path_buf(),
-            netns: None,
+            netns: netns::NetNs::new(),
         }
     }
 
-    /// This root, with every bulkhead command run inside `ns`.
-    pub fn in_netns(mut self, ns: &netns::NetNs) -> Root {
-        self.netns = Some(ns.name().to_string());
-        self
+    /// The network namespace this root's commands run in (for a test to
+    /// talk to its containers from inside it).
+    pub fn netns(&self) -> &netns::NetNs {
+        &self.netns
     }
 
     pub fn path(&self) -> &Path {
@@ -281,14 +283,11 @@ impl Root {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bulkhead_bin());
-                c
-            }
-            None => Command::new(bulkhead_bin()),
-        };
+        // nsenter changes only the network namespace (`ip netns exec` would
+        // also give each command a mount namespace of its own).
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns.path()))
+            .arg(bulkhead_bin());
         cmd.args(args)
             .env("BULKHEAD_ROOT", self.path())
             .env("BULKHEAD_KERNEL", kernel())

@@ -101,8 +101,8 @@ fn is_tap(line: &str) -> bool {
 
 #[test]
 fn two_containers_serve_port_80_on_two_host_ports() {
-    let ns = NetNs::new();
-    let root = Root::new().in_netns(&ns);
+    let root = Root::new();
+    let ns = root.netns();
     serve(&root, "web-a", "from-a", &["-p", "8081:80"]);
     serve(&root, "web-b", "from-b", &["-p", "127.0.0.1:8082:80/tcp"]);
     assert_eq!(http_get(&ns, "127.0.0.1:8081").trim(), "from-a");
@@ -118,8 +118,8 @@ fn two_containers_serve_port_80_on_two_host_ports() {
 
 #[test]
 fn containers_on_a_user_network_reach_each_other_by_name() {
-    let ns = NetNs::new();
-    let root = Root::new().in_netns(&ns);
+    let root = Root::new();
+    let ns = root.netns();
     ok(&root.bulkhead(&["network", "create", "appnet"]));
     let ls = root.bulkhead(&["network", "ls"]);
     ok(&ls);
@@ -154,8 +154,8 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
 
 #[test]
 fn the_default_network_gives_eth0_and_none_gives_only_lo() {
-    let ns = NetNs::new();
-    let root = Root::new().in_netns(&ns);
+    let root = Root::new();
+    let ns = root.netns();
     let bridged = root.bulkhead(&[
         "run",
         "busybox",
@@ -179,8 +179,8 @@ fn the_default_network_gives_eth0_and_none_gives_only_lo() {
 
 #[test]
 fn udp_echo_through_a_published_port() {
-    let ns = NetNs::new();
-    let root = Root::new().in_netns(&ns);
+    let root = Root::new();
+    let ns = root.netns();
     let fixtures = tempdir();
     static_c_binary("udp_echo", fixtures.path());
     let share = format!("{}:/fix:ro", fixtures.path().display());
@@ -217,8 +217,8 @@ fn udp_echo_through_a_published_port() {
 
 #[test]
 fn kill_9_of_bulkhead_leaves_nothing_after_the_sweep() {
-    let ns = NetNs::new();
-    let root = Root::new().in_netns(&ns);
+    let root = Root::new();
+    let ns = root.netns();
     let mut child = root.spawn(&["run", "-p", "8090:80", "busybox", "sleep", "600"]);
     let deadline = Instant::now() + SERVE_TIMEOUT;
     while endpoints(&root, "bridge").is_empty() {
@@ -242,8 +242,8 @@ fn kill_9_of_bulkhead_leaves_nothing_after_the_sweep() {
 
 #[test]
 fn network_errors_are_one_line_and_leave_nothing() {
-    let ns = NetNs::new();
-    let root = Root::new().in_netns(&ns);
+    let root = Root::new();
+    let ns = root.netns();
     let unknown = root.bulkhead(&["run", "--network", "nosuchnet", "busybox", "true"]);
     fails_with(&unknown, "nosuchnet");
     let bad = root.bulkhead(&["run", "-p", "80:http", "busybox", "true"]);

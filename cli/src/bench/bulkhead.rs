@@ -77,7 +77,9 @@ impl Runner {
 
     fn command(&self, record: &Path, flags: &[&str], args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.exe);
+        // As runc's bundles: a network namespace with only lo.
         cmd.arg("run")
+            .args(["--network", "none"])
             .arg("--timings-json")
             .arg(record)
             .args(flags)

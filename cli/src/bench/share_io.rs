@@ -160,7 +160,7 @@ fn make_tree(dir: &Path) -> anyhow::Result<()> {
 
 fn run_command(exe: &Path, image: &str, mounts: &[String], args: &[&str]) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.arg("run");
+    cmd.args(["run", "--network", "none"]);
     for m in mounts {
         cmd.arg("-v").arg(m);
     }
