@@ -105,15 +105,15 @@ fn two_containers_serve_port_80_on_two_host_ports() {
     let ns = root.netns();
     serve(&root, "web-a", "from-a", &["-p", "8081:80"]);
     serve(&root, "web-b", "from-b", &["-p", "127.0.0.1:8082:80/tcp"]);
-    assert_eq!(http_get(&ns, "127.0.0.1:8081").trim(), "from-a");
-    assert_eq!(http_get(&ns, "127.0.0.1:8082").trim(), "from-b");
+    assert_eq!(http_get(ns, "127.0.0.1:8081").trim(), "from-a");
+    assert_eq!(http_get(ns, "127.0.0.1:8082").trim(), "from-b");
     // Through the bridge's address too, as another host would come in.
-    assert_eq!(http_get(&ns, "10.89.0.1:8081").trim(), "from-a");
+    assert_eq!(http_get(ns, "10.89.0.1:8081").trim(), "from-a");
 
     let inspect = endpoints(&root, "bridge");
     assert_eq!(inspect.len(), 2, "{inspect:?}");
     ok(&root.bulkhead(&["rm", "-f", "web-a", "web-b"]));
-    assert_network_clean(&root, &ns, "bridge");
+    assert_network_clean(&root, ns, "bridge");
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn containers_on_a_user_network_reach_each_other_by_name() {
     assert_eq!(busy.code, Some(1), "a network in use was removed: {busy:?}");
     assert!(busy.stderr.contains("active endpoints: srv"), "{busy:?}");
     ok(&root.bulkhead(&["rm", "-f", "srv"]));
-    assert_network_clean(&root, &ns, "appnet");
+    assert_network_clean(&root, ns, "appnet");
     ok(&root.bulkhead(&["network", "rm", "appnet"]));
     let (_, links) = ns.output(&["ip", "-o", "link", "show"]);
     assert!(
@@ -174,7 +174,7 @@ fn the_default_network_gives_eth0_and_none_gives_only_lo() {
     assert_eq!(links.len(), 1, "{none:?}");
     assert!(links[0].contains(": lo:"), "{none:?}");
     root.assert_clean(&none);
-    assert_network_clean(&root, &ns, "bridge");
+    assert_network_clean(&root, ns, "bridge");
 }
 
 #[test]
@@ -212,7 +212,7 @@ fn udp_echo_through_a_published_port() {
     });
     assert_eq!(reply, "ping-udp");
     ok(&root.bulkhead(&["rm", "-f", "echo"]));
-    assert_network_clean(&root, &ns, "bridge");
+    assert_network_clean(&root, ns, "bridge");
 }
 
 #[test]
@@ -237,7 +237,7 @@ fn kill_9_of_bulkhead_leaves_nothing_after_the_sweep() {
 
     let gc = root.bulkhead(&["gc"]);
     ok(&gc);
-    assert_network_clean(&root, &ns, "bridge");
+    assert_network_clean(&root, ns, "bridge");
 }
 
 #[test]
@@ -273,5 +273,5 @@ fn network_errors_are_one_line_and_leave_nothing() {
     stop_tx.send(()).unwrap();
     holder.join().unwrap();
     root.assert_clean(&busy);
-    assert_network_clean(&root, &ns, "bridge");
+    assert_network_clean(&root, ns, "bridge");
 }
