@@ -3,9 +3,12 @@
 //! (`ip netns exec`), and the test talks to its loopback, bridges and
 //! containers from a thread that joined it.
 
-use std::os::fd::AsFd;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 pub struct NetNs {
     name: String,
@@ -41,20 +44,29 @@ impl NetNs {
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = self.path();
         std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open the test's netns");
-            // SAFETY: setns on a namespace descriptor we hold; it changes
-            // only this thread, which is ours alone.
-            let rc = unsafe {
-                libc::setns(
-                    std::os::fd::AsRawFd::as_raw_fd(&ns.as_fd()),
-                    libc::CLONE_NEWNET,
-                )
-            };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            enter_path(&path);
             f()
         })
         .join()
         .expect("the thread in the test's netns panicked")
+    }
+
+    /// The body of `GET /` from `addr`, asked from inside the namespace and
+    /// retried for up to two minutes, until a server there answers.
+    pub fn http_get(&self, addr: &str) -> String {
+        let addr = addr.to_string();
+        self.run(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                match get_once(&addr) {
+                    Ok(body) => return body,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(250))
+                    }
+                    Err(e) => panic!("GET http://{addr}/: {e}"),
+                }
+            }
+        })
     }
 
     /// What `cmd ARGS` prints inside the namespace (stdout), and whether it
@@ -84,6 +96,27 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+fn get_once(addr: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {reply:?}")))
+}
+
+/// Moves the calling thread into the network namespace bound at `path`.
+pub fn enter_path(path: &str) {
+    let ns = std::fs::File::open(path).expect("open the test's netns");
+    // SAFETY: setns on a namespace descriptor we hold; it changes only the
+    // calling thread.
+    let rc = unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 fn ip(args: &[&str]) {

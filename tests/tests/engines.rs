@@ -324,25 +324,7 @@ fn podman_publishes_a_port_of_the_microvm() {
         "mkdir -p /tmp/www && echo via-podman > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www",
     ]);
     assert_eq!(run.code, Some(0), "podman run -d -p: {run:?}");
-    let body = ns.run(|| {
-        use std::io::{Read, Write};
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let got = (|| -> std::io::Result<String> {
-                let mut s = std::net::TcpStream::connect("127.0.0.1:8080")?;
-                s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                let mut r = String::new();
-                s.read_to_string(&mut r)?;
-                Ok(r)
-            })();
-            match got {
-                Ok(r) if r.contains("via-podman") => return r,
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
-                other => panic!("no answer through podman's published port: {other:?}"),
-            }
-        }
-    });
+    let body = ns.http_get("127.0.0.1:8080");
     assert!(body.contains("via-podman"), "{body}");
     let rm = in_ns(&["rm", "-f", &name]);
     assert_eq!(rm.code, Some(0), "podman rm -f: {rm:?}");

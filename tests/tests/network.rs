@@ -3,8 +3,7 @@
 //! after `kill -9`, and the errors. Every test runs bulkhead inside a
 //! network namespace of its own and talks only to addresses inside it.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use bulkhead_tests::netns::NetNs;
@@ -37,37 +36,6 @@ fn serve(root: &Root, name: &str, body: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     args.extend_from_slice(&["busybox", "sh", "-c", &script]);
     ok(&root.bulkhead_detaching(&args));
-}
-
-/// `GET /` from inside `ns`, retried until the server answers.
-fn http_get(ns: &NetNs, addr: &str) -> String {
-    let addr = addr.to_string();
-    ns.run(move || {
-        let deadline = Instant::now() + SERVE_TIMEOUT;
-        loop {
-            match get_once(&addr) {
-                Ok(body) => return body,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-                Err(e) => panic!("GET http://{addr}/: {e}"),
-            }
-        }
-    })
-}
-
-fn get_once(addr: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {reply:?}")))?;
-    Ok(body)
 }
 
 /// The containers a network's leases still name.
@@ -105,10 +73,10 @@ fn two_containers_serve_port_80_on_two_host_ports() {
     let ns = root.netns();
     serve(&root, "web-a", "from-a", &["-p", "8081:80"]);
     serve(&root, "web-b", "from-b", &["-p", "127.0.0.1:8082:80/tcp"]);
-    assert_eq!(http_get(ns, "127.0.0.1:8081").trim(), "from-a");
-    assert_eq!(http_get(ns, "127.0.0.1:8082").trim(), "from-b");
+    assert_eq!(ns.http_get("127.0.0.1:8081").trim(), "from-a");
+    assert_eq!(ns.http_get("127.0.0.1:8082").trim(), "from-b");
     // Through the bridge's address too, as another host would come in.
-    assert_eq!(http_get(ns, "10.89.0.1:8081").trim(), "from-a");
+    assert_eq!(ns.http_get("10.89.0.1:8081").trim(), "from-a");
 
     let inspect = endpoints(&root, "bridge");
     assert_eq!(inspect.len(), 2, "{inspect:?}");
@@ -253,14 +221,9 @@ fn network_errors_are_one_line_and_leave_nothing() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let holder = {
-        let path = format!("/run/netns/{}", ns.name());
+        let ns = ns.path();
         std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on a namespace descriptor we hold, for this thread only.
-            assert_eq!(
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-                0
-            );
+            bulkhead_tests::netns::enter_path(&ns);
             let l = std::net::TcpListener::bind("0.0.0.0:8095").unwrap();
             tx.send(()).unwrap();
             let _ = stop_rx.recv();

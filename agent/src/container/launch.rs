@@ -84,14 +84,15 @@ pub fn ancestors(cwd: &str) -> Vec<String> {
 
 /// Opens `path` (relative) inside `root` with openat2's RESOLVE_IN_ROOT:
 /// an absolute symlink in the image resolves within the image, never into
-/// the agent's filesystem.
-fn open_in_root(root: &Path, path: &str) -> Result<File, Errno> {
+/// the agent's filesystem. `flags` and `mode` are open(2)'s.
+pub fn open_in_root(root: &Path, path: &str, flags: i32, mode: u32) -> Result<File, Errno> {
     let dir =
         File::open(root).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     let c_path = CString::new(path).map_err(|_| Errno::EINVAL)?;
     // SAFETY: open_how is plain data; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = u64::from(mode);
     how.resolve = libc::RESOLVE_IN_ROOT;
     // SAFETY: openat2 reads the path and an open_how of the given size.
     let fd = unsafe {
@@ -113,7 +114,7 @@ fn open_in_root(root: &Path, path: &str) -> Result<File, Errno> {
 /// The image's `path` as text; empty when it has none.
 fn read_in_root(root: &Path, path: &str) -> String {
     let mut text = String::new();
-    if let Ok(mut f) = open_in_root(root, path) {
+    if let Ok(mut f) = open_in_root(root, path, libc::O_RDONLY, 0) {
         let _ = f.read_to_string(&mut text);
     }
     text

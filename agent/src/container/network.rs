@@ -6,16 +6,16 @@
 //! namespace is the only one that sees it: the agent's own namespace keeps
 //! nothing but `lo` and its vsock.
 
-use std::ffi::CString;
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use bulkhead_netlink::{in_netns, Ipv4Cidr, Link, Netlink, NetlinkError, Route};
 use bulkhead_protocol::{NetworkFiles, NetworkSpec};
 use nix::errno::Errno;
 use thiserror::Error;
+
+use super::launch::open_in_root;
 
 #[derive(Debug, Error)]
 pub enum NetworkSetupError {
@@ -82,16 +82,10 @@ fn cidr(addr: std::net::Ipv4Addr, prefix: u8) -> Ipv4Cidr {
 /// mounted at `rootfs`. Paths resolve inside the root, so an image whose
 /// `/etc` is a symlink cannot make the agent write outside it.
 pub fn write_files(rootfs: &Path, files: &NetworkFiles) -> Result<(), NetworkSetupError> {
-    let root = open_dir(rootfs).map_err(|source| NetworkSetupError::File { path: "/", source })?;
-    // SAFETY: mkdirat reads a NUL-terminated path relative to a directory
-    // descriptor we own.
-    let made = unsafe { libc::mkdirat(root.as_raw_fd(), c"etc".as_ptr(), 0o755) };
-    if made < 0 && Errno::last() != Errno::EEXIST {
-        return Err(NetworkSetupError::File {
-            path: "/etc",
-            source: Errno::last(),
-        });
-    }
+    make_etc(rootfs).map_err(|source| NetworkSetupError::File {
+        path: "/etc",
+        source,
+    })?;
     let mut entries = vec![
         ("/etc/hosts", files.hosts.as_str()),
         ("/etc/resolv.conf", files.resolv_conf.as_str()),
@@ -101,44 +95,26 @@ pub fn write_files(rootfs: &Path, files: &NetworkFiles) -> Result<(), NetworkSet
         entries.push(("/etc/hostname", h));
     }
     for (path, text) in entries {
-        write_in_root(&root, path, text)
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        open_in_root(rootfs, path.trim_start_matches('/'), flags, 0o644)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            })
             .map_err(|source| NetworkSetupError::File { path, source })?;
     }
     Ok(())
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
-    File::open(path)
-        .map(OwnedFd::from)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-}
-
-/// Replaces the file at `path` (absolute, taken relative to `root`) with
-/// `text`, resolving symlinks as if `root` were `/`.
-fn write_in_root(root: &OwnedFd, path: &str, text: &str) -> Result<(), Errno> {
-    let rel = CString::new(path.trim_start_matches('/')).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: open_how is plain data; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64;
-    how.mode = 0o644;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads the path and an open_how of the given size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            rel.as_ptr(),
-            &how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(Errno::last());
+/// `/etc` in the root, if the image has none (one component: nothing to
+/// resolve).
+fn make_etc(rootfs: &Path) -> Result<(), Errno> {
+    match std::fs::create_dir(rootfs.join("etc")) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        }
+        _ => Ok(()),
     }
-    // SAFETY: openat2 just returned this descriptor; nobody else owns it.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    file.write_all(text.as_bytes())
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 #[cfg(test)]
