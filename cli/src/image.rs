@@ -12,7 +12,7 @@ pub enum ImageCommand {
     Import { source: String, name: String },
     /// List images.
     Ls,
-    /// Remove an image name.
+    /// Remove an image name (and the blobs no other image uses).
     Rm { names: Vec<String> },
     /// Write an image's root as a tar (to FILE, or stdout), for
     /// `podman import`, `docker import` and the like.
@@ -44,22 +44,24 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             println!("{name} {}", image.digest.short());
         }
         ImageCommand::Ls => {
-            println!("{:<30} {:<14} {:>10}", "NAME", "IMAGE ID", "SIZE");
+            println!("{:<40} {:<14} {:>10}  SOURCE", "NAME", "IMAGE ID", "SIZE");
             for image in store.list()? {
                 println!(
-                    "{:<30} {:<14} {:>10}",
+                    "{:<40} {:<14} {:>10}  {}",
                     image.name,
                     image.digest.short(),
-                    human(image.size)
+                    human(image.size),
+                    image.source
                 );
             }
         }
         ImageCommand::Export { name, output } => {
-            let reference = ImageRef::parse(&name)
-                .with_context(|| format!("invalid image reference {name:?}"))?;
-            let image = store
-                .resolve(&reference)
-                .with_context(|| format!("cannot use image {name}"))?;
+            let image = crate::pull::image_for(
+                &store,
+                &name,
+                crate::pull::PullPolicy::Never,
+                &Default::default(),
+            )?;
             let written = match &output {
                 Some(path) => std::fs::File::create(path).and_then(|f| {
                     bulkhead_rootfs::export_tar(&image.rootfs, std::io::BufWriter::new(f))
@@ -74,8 +76,9 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
         }
         ImageCommand::Rm { names } => {
             for name in names {
+                let stored = crate::pull::stored_name(&store, &name)?;
                 store
-                    .remove(&name)
+                    .remove(&stored)
                     .with_context(|| format!("cannot remove image {name}"))?;
                 println!("{name}");
             }

@@ -8,6 +8,7 @@ mod logger;
 mod network;
 mod oci;
 mod paths;
+mod pull;
 mod run;
 mod service;
 mod share;
@@ -33,7 +34,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a new container, in its own microVM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
+    /// Pull an image from a registry into the local store.
+    Pull(pull::PullArgs),
+    /// Check and keep credentials for a registry.
+    Login(pull::LoginArgs),
+    /// Forget the credentials kept for a registry.
+    Logout(pull::LogoutArgs),
     /// Manage the local image store.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -173,7 +180,10 @@ fn main() -> ExitCode {
         Command::Stop(args) => oci(service::stop(g, &args)),
         Command::Rm(args) => oci(service::rm(g, &args)),
         Command::Inspect { ids } => oci(service::inspect(g, &ids)),
-        Command::Run(args) => run::run(args, g.root()),
+        Command::Run(args) => run::run(*args, g.root()),
+        Command::Pull(args) => pull::pull(args),
+        Command::Login(args) => pull::login(args),
+        Command::Logout(args) => pull::logout(args),
         Command::Image(cmd) => report(image::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Volume(cmd) => report(image::run_volume(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Network(cmd) => report(network::run(cmd).map(|_| ExitCode::SUCCESS)),

@@ -52,7 +52,7 @@ pub enum BusyboxError {
     List { path: PathBuf, reason: String },
 }
 
-pub(crate) fn is_default_name(name: &str) -> bool {
+pub fn is_default_name(name: &str) -> bool {
     name == DEFAULT_IMAGE || name == "busybox:latest"
 }
 
@@ -99,7 +99,7 @@ fn build(store: &Store, binary: &Path) -> Result<Image, StoreError> {
         let (stats, _) = walk::scan(&rootfs, None)?;
         Ok(ImageMeta {
             digest: digest.clone(),
-            source: format!("busybox:{}", binary.display()),
+            source: format!("built-in (busybox {})", binary.display()),
             size: stats.file_bytes,
             created: now(),
             config: ImageConfig {
@@ -108,6 +108,7 @@ fn build(store: &Store, binary: &Path) -> Result<Image, StoreError> {
                 ..Default::default()
             },
             external_rootfs: None,
+            blobs: Vec::new(),
         })
     })
 }

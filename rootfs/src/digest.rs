@@ -101,16 +101,17 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// Incremental SHA-256 over arbitrary pieces, for fingerprints that are not a single blob.
-#[derive(Default)]
-pub(crate) struct Hasher(Sha256);
+/// Incremental SHA-256 over arbitrary pieces: fingerprints that are not a single blob, and
+/// blobs verified while they stream in.
+#[derive(Clone, Default)]
+pub struct Hasher(Sha256);
 
 impl Hasher {
-    pub(crate) fn update(&mut self, bytes: &[u8]) {
+    pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
 
-    pub(crate) fn finish(self) -> Digest {
+    pub fn finish(self) -> Digest {
         Digest::from_hasher(self.0)
     }
 }

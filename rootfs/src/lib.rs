@@ -31,18 +31,18 @@ pub mod user;
 pub mod volume;
 mod walk;
 
-pub use busybox::{ensure_default_image, BusyboxError, DEFAULT_IMAGE};
+pub use busybox::{ensure_default_image, is_default_name, BusyboxError, DEFAULT_IMAGE};
 pub use config::{
     merge_env, resolve_command, resolve_process, resolve_process_with, ConfigError, ImageConfig,
     ProcessSpec, RunOverrides,
 };
-pub use digest::{Digest, DigestError};
+pub use digest::{Digest, DigestError, Hasher};
 pub use export::export_tar;
 pub use ext4::{ext4_from_dir, scratch_disk, DiskError};
 pub use initramfs::{build_initramfs, InitramfsError};
 pub use reference::{ImageRef, ReferenceError};
-pub use source::SourceError;
-pub use store::{Image, ImageSummary, Store, StoreError, DEFAULT_STORE_ROOT};
+pub use source::{host_arch, is_index_json, platform_manifest, ManifestChoice, SourceError};
+pub use store::{BlobLease, Blobs, Image, ImageSummary, Store, StoreError, DEFAULT_STORE_ROOT};
 pub use unpack::{apply_layer, CopyError, LayerSpec, UnpackError};
 pub use user::{resolve_user, ResolvedUser, UserError};
 pub use volume::{validate_volume_name, VolumeError, VolumeInfo, Volumes, DEFAULT_VOLUME_MIB};

@@ -4,7 +4,8 @@
 //! * `oci-archive:FILE[:TAG]` — the same layout packed in a tar file.
 //! * `docker-archive:FILE[:NAME[:TAG]]` — a `docker save` / `podman save` tarball.
 //! * `dir:PATH` — a plain root directory, used as is; it has no image config.
-//! * `NAME[:TAG]` — an image previously imported into the local store.
+//! * `NAME[:TAG]` — an image in the local store, or (`[HOST[:PORT]/]REPO[:TAG][@DIGEST]`, also
+//!   spelled `docker://…`) one to pull from a registry into it.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,7 +14,6 @@ use std::str::FromStr;
 /// Transports of containers/image that we recognise but cannot serve: naming them gives a clear
 /// error instead of silently treating `docker://x` as a store name.
 const UNSUPPORTED_TRANSPORTS: &[&str] = &[
-    "docker",
     "docker-daemon",
     "containers-storage",
     "ostree",
@@ -98,6 +98,12 @@ impl FromStr for ImageRef {
                 }
                 Ok(ImageRef::Dir(PathBuf::from(rest)))
             }
+            // skopeo's spelling of a registry reference.
+            "docker" if rest.starts_with("//") => {
+                let name = &rest[2..];
+                validate_name(name)?;
+                Ok(ImageRef::Name(name.to_string()))
+            }
             t if UNSUPPORTED_TRANSPORTS.contains(&t) || rest.starts_with("//") => {
                 Err(ReferenceError::UnknownTransport {
                     transport: t.to_string(),
@@ -131,20 +137,48 @@ fn path_and_suffix(whole: &str, rest: &str) -> Result<(PathBuf, Option<String>),
     Ok((PathBuf::from(path), suffix))
 }
 
-/// Validates a store name: `REPO[:TAG]`.
+/// Validates a store name: `[HOST[:PORT]/]REPO[:TAG][@sha256:HEX]`, the forms Docker names
+/// images by (a pulled image is stored under its full reference).
 pub(crate) fn validate_name(s: &str) -> Result<(), ReferenceError> {
     let invalid = || ReferenceError::InvalidName(s.to_string());
-    let (repo, tag) = match s.split_once(':') {
-        Some((repo, tag)) => (repo, Some(tag)),
+    let (named, digest) = match s.split_once('@') {
+        Some((named, digest)) => (named, Some(digest)),
         None => (s, None),
     };
-    let mut chars = repo.chars();
+    if let Some(digest) = digest {
+        digest
+            .parse::<crate::digest::Digest>()
+            .map_err(|_| invalid())?;
+    }
+    // A tag follows the last colon after the last slash; a colon before it is a port.
+    let last_slash = named.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match named[last_slash..].rfind(':') {
+        Some(i) => (&named[..last_slash + i], Some(&named[last_slash + i + 1..])),
+        None => (named, None),
+    };
+    let (host, path) = match repo.split_once('/') {
+        Some((host, path)) if host.contains(':') => (Some(host), path),
+        _ => (None, repo),
+    };
+    if let Some(host) = host {
+        let (name, port) = host.split_once(':').expect("checked above");
+        let host_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+        let port_ok =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !host_ok || !port_ok {
+            return Err(invalid());
+        }
+    }
+    let mut chars = path.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !first_ok
         || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-        || repo.contains("//")
-        || repo.ends_with('/')
-        || repo.split('/').any(|part| part == "." || part == "..")
+        || path.contains("//")
+        || path.ends_with('/')
+        || path.split('/').any(|part| part == "." || part == "..")
     {
         return Err(invalid());
     }
@@ -235,6 +269,18 @@ mod tests {
                 ImageRef::Dir("/srv/root:with:colons".into()),
             ),
             ("busybox", ImageRef::Name("busybox".into())),
+            (
+                "127.0.0.1:5000/team/app:1.0",
+                ImageRef::Name("127.0.0.1:5000/team/app:1.0".into()),
+            ),
+            (
+                "localhost:5000/app",
+                ImageRef::Name("localhost:5000/app".into()),
+            ),
+            (
+                "registry.example/team/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                ImageRef::Name("registry.example/team/app@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into()),
+            ),
             ("alpine:3.20", ImageRef::Name("alpine:3.20".into())),
             (
                 "library/alpine:latest",
@@ -260,7 +306,15 @@ mod tests {
             p("oci:/x:"),
             Err(ReferenceError::EmptyTag("oci:/x:".into()))
         );
-        for unknown in ["docker://alpine", "containers-storage:alpine", "foo://bar"] {
+        assert_eq!(
+            p("docker://127.0.0.1:5000/a:1"),
+            Ok(ImageRef::Name("127.0.0.1:5000/a:1".into()))
+        );
+        for unknown in [
+            "docker-daemon:alpine",
+            "containers-storage:alpine",
+            "foo://bar",
+        ] {
             let err = p(unknown).unwrap_err();
             assert!(
                 matches!(err, ReferenceError::UnknownTransport { .. }),
@@ -269,7 +323,18 @@ mod tests {
             assert!(err.to_string().contains("transport"), "{err}");
         }
         for bad in [
-            "-x", "a b", "a:b:c", "a:", "../x", "a/../b", "x:.tag", "/abs",
+            "-x",
+            "a b",
+            "a:b:c",
+            "a:",
+            "../x",
+            "a/../b",
+            "x:.tag",
+            "/abs",
+            "h:port/x",
+            "h:5000/",
+            "x@sha256:zz",
+            "x@md5:00",
         ] {
             assert!(
                 matches!(p(bad), Err(ReferenceError::InvalidName(_))),

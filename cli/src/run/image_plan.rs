@@ -9,7 +9,7 @@ use bulkhead_network::{Networks, PortMapping};
 use bulkhead_protocol::{
     ContainerSpec, ProcessSpec, Resources, Source, Storage, TtySize, User, Volume,
 };
-use bulkhead_rootfs::{ImageRef, RunOverrides, Store};
+use bulkhead_rootfs::{RunOverrides, Store};
 
 use super::mounts::{self, MountArg, MountSource};
 use super::options::{parse_cpus, parse_size, CPU_PERIOD_US};
@@ -106,11 +106,7 @@ pub fn plan(
     timings: &mut Timings,
 ) -> anyhow::Result<Plan> {
     let store = Store::open(paths::root()).context("cannot open the image store")?;
-    let reference = ImageRef::parse(&args.image)
-        .with_context(|| format!("invalid image reference {:?}", args.image))?;
-    let image = store
-        .resolve(&reference)
-        .with_context(|| format!("cannot use image {}", args.image))?;
+    let image = crate::pull::image_for(&store, &args.image, args.pull, &args.registry)?;
     let process = bulkhead_rootfs::resolve_process(
         &image.config,
         &RunOverrides {

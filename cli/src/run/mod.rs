@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use clap::Args;
 
+use crate::pull::{PullPolicy, RegistryArgs};
+
 use crate::lifecycle::boot::Boot;
 use crate::lifecycle::run_dir::RunDir;
 pub use crate::lifecycle::signals::SignalRouter;
@@ -101,7 +103,13 @@ pub struct RunArgs {
     /// (for `bulkhead bench`).
     #[arg(long, hide = true, value_name = "FILE")]
     pub timings_json: Option<PathBuf>,
-    /// Image: NAME, oci:DIR[:TAG], docker-archive:FILE, dir:PATH.
+    /// When to pull the image from its registry.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Image: [REGISTRY/]NAME[:TAG|@DIGEST] (pulled if missing), oci:DIR[:TAG],
+    /// docker-archive:FILE, dir:PATH.
     pub image: String,
     /// Command and arguments (default: the image's).
     pub command: Vec<String>,

@@ -6,9 +6,9 @@ mod docker_archive;
 mod oci_layout;
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use oci_spec::image::ImageConfiguration;
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex};
 use serde::Deserialize;
 
 use crate::digest::Digest;
@@ -111,8 +111,78 @@ pub(crate) fn open(reference: &ImageRef) -> Result<ImageSource, SourceError> {
     }
 }
 
+/// One manifest an index points at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestChoice {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// True when `json` is an image index or a Docker manifest list rather than an image manifest.
+pub fn is_index_json(json: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default, rename = "mediaType")]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Probe>(json) {
+        Ok(p) => match p.media_type {
+            Some(t) => oci_layout::is_index(&t.as_str().into()),
+            None => p.manifests.is_some(),
+        },
+        Err(_) => false,
+    }
+}
+
+/// From an image index (fetched from anywhere), the manifest for linux on this host's
+/// architecture. `what` names the image in errors.
+pub fn platform_manifest(index_json: &[u8], what: &str) -> Result<ManifestChoice, SourceError> {
+    let location = PathBuf::from(what);
+    let index: ImageIndex =
+        serde_json::from_slice(index_json).map_err(|source| SourceError::BadJson {
+            location: location.clone(),
+            path: "index".into(),
+            source,
+        })?;
+    let desc = oci_layout::select_platform(&location, index.manifests())?;
+    Ok(ManifestChoice {
+        digest: desc
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e| SourceError::BadManifest {
+                location: location.clone(),
+                reason: format!("index entry: {e}"),
+            })?,
+        media_type: desc.media_type().to_string(),
+        size: desc.size(),
+    })
+}
+
+/// The image of a manifest kept in the store's blobs (a pulled image): `root` holds
+/// `blobs/sha256/`, where the manifest, the config and every layer already are.
+pub(crate) fn open_stored(
+    root: &Path,
+    manifest: &ManifestChoice,
+) -> Result<ImageSource, SourceError> {
+    let desc: Descriptor = serde_json::from_value(serde_json::json!({
+        "mediaType": manifest.media_type,
+        "digest": manifest.digest.to_string(),
+        "size": manifest.size,
+    }))
+    .map_err(|source| SourceError::BadJson {
+        location: root.to_path_buf(),
+        path: manifest.digest.to_string(),
+        source,
+    })?;
+    oci_layout::from_manifest(Box::new(DirArchive::open_dir(root)?), &desc)
+}
+
 /// The GOARCH name of this host.
-pub(crate) fn host_arch() -> &'static str {
+pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -47,9 +47,19 @@ pub(super) fn load(
         });
     }
 
-    let manifest_bytes = read_blob(&*archive, &desc)?;
+    from_manifest(archive, &desc)
+}
+
+/// The image a manifest describes, its config and layers read from `blobs/sha256/` of
+/// `archive`.
+pub(super) fn from_manifest(
+    archive: Box<dyn Archive>,
+    desc: &Descriptor,
+) -> Result<ImageSource, SourceError> {
+    let location = archive.location().to_path_buf();
+    let manifest_bytes = read_blob(&*archive, desc)?;
     let manifest: ImageManifest =
-        parse_json(&*archive, &blob_path(&location, &desc)?, &manifest_bytes)?;
+        parse_json(&*archive, &blob_path(&location, desc)?, &manifest_bytes)?;
     let config_desc = manifest.config();
     let config_bytes = read_blob(&*archive, config_desc)?;
     let mut layers = Vec::with_capacity(manifest.layers().len());
@@ -80,7 +90,7 @@ pub(super) fn load(
     )
 }
 
-fn is_index(media_type: &MediaType) -> bool {
+pub(super) fn is_index(media_type: &MediaType) -> bool {
     matches!(media_type, MediaType::ImageIndex) || media_type.to_string() == DOCKER_MANIFEST_LIST
 }
 
@@ -175,7 +185,7 @@ fn select_tagged<'a>(
 }
 
 /// Picks this host's linux manifest from a multi-platform index.
-fn select_platform<'a>(
+pub(super) fn select_platform<'a>(
     location: &Path,
     manifests: &'a [Descriptor],
 ) -> Result<&'a Descriptor, SourceError> {

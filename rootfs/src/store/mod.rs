@@ -7,12 +7,14 @@
 //! <root>/images/<hex>/rootfs/    the unpacked root (absent for in-place dir: images)
 //! <root>/images/<hex>/rootfs-v2.ext4  the read-only root disk, built on first use
 //! <root>/volumes/<name>.ext4     named volumes
+//! <root>/blobs/                  pulled images' manifests, configs and layers (see `blobs`)
 //! <root>/tmp/                    work areas; finished images are renamed out of here
 //! ```
 //!
 //! An image directory appears in `images/` only complete (it is filled in `tmp/` and renamed),
 //! so concurrent runs can share the store without locks except for the small name index.
 
+mod blobs;
 mod index;
 
 use std::fs::{self, DirBuilder};
@@ -23,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use blobs::{BlobLease, Blobs};
 pub use index::IndexError;
 use index::{Index, IndexEntry};
 
@@ -32,7 +35,7 @@ use crate::digest::Digest;
 use crate::ext4::{self, DiskError};
 use crate::fsutil::{remove_any, rename_noreplace};
 use crate::reference::{validate_name, ImageRef, ReferenceError};
-use crate::source::{self, SourceError};
+use crate::source::{self, ImageSource, ManifestChoice, SourceError};
 use crate::unpack::copy::copy_tree;
 use crate::unpack::CopyError;
 use crate::unpack::{apply_layer, UnpackError};
@@ -51,7 +54,7 @@ const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no such image {0:?} in the local store (import one from an oci:, oci-archive:, docker-archive: or dir: reference)")]
+    #[error("no such image {0:?} in the local store (pull it, or import one from an oci:, oci-archive:, docker-archive: or dir: reference)")]
     NoSuchImage(String),
     #[error("image {digest} in the store is damaged: {reason}")]
     Damaged { digest: Digest, reason: String },
@@ -119,6 +122,9 @@ pub struct ImageSummary {
     pub size: u64,
     /// When the name was recorded, seconds since the epoch.
     pub created: u64,
+    /// Where the image came from: a registry reference with its manifest digest, an import
+    /// reference, or `built-in`.
+    pub source: String,
 }
 
 /// meta.json of an image directory.
@@ -133,11 +139,16 @@ pub(crate) struct ImageMeta {
     /// For in-place `dir:` images: where the root lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_rootfs: Option<PathBuf>,
+    /// For pulled images: the blobs in `blobs/` they were made from (manifests, config,
+    /// layers), which the blob sweep keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<Digest>,
 }
 
 pub struct Store {
     root: PathBuf,
     index: Index,
+    blobs: Blobs,
 }
 
 pub(crate) fn now() -> u64 {
@@ -163,8 +174,10 @@ impl Store {
                 .create(&dir)
                 .map_err(io_err(&dir))?;
         }
+        let blobs = Blobs::open(&root).map_err(io_err(&root.join("blobs")))?;
         let store = Store {
             index: Index::new(&root),
+            blobs,
             root,
         };
         store.clean_stale_tmp();
@@ -178,6 +191,87 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The content-addressed blobs pulls download into.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// Makes the image a pulled manifest describes (its manifest, config and layers all in
+    /// [`Store::blobs`]), unpacked once per image ID, and records `name` for it. The caller
+    /// holds a [`BlobLease`] so the blobs cannot be swept meanwhile.
+    pub fn install_pulled(
+        &self,
+        manifest: &ManifestChoice,
+        source: &str,
+        name: &str,
+    ) -> Result<Image, StoreError> {
+        validate_name(name)?;
+        let src = source::open_stored(&self.root, manifest)?;
+        let mut used = vec![manifest.digest.clone(), src.id.clone()];
+        used.extend(
+            src.layers
+                .iter()
+                .filter_map(|(_, spec)| spec.digest.clone()),
+        );
+        for _ in 0..3 {
+            let image = self.install(&src.id, |work| {
+                let mut meta = unpack_image(&src, work, source)?;
+                meta.blobs = used.clone();
+                Ok(meta)
+            })?;
+            // The image may have been made before, from another manifest (another name, other
+            // compression): it now also keeps this manifest's blobs.
+            self.add_blobs(&image.digest, &used)?;
+            if let Some(image) = self.record_name(name, image)? {
+                return Ok(image);
+            }
+        }
+        Err(StoreError::Damaged {
+            digest: src.id.clone(),
+            reason: format!("{name}: the image kept disappearing while being pulled"),
+        })
+    }
+
+    fn add_blobs(&self, digest: &Digest, used: &[Digest]) -> Result<(), StoreError> {
+        let _lock = self.index.lock()?;
+        let mut meta = self.read_meta(digest)?;
+        let before = meta.blobs.len();
+        for d in used {
+            if !meta.blobs.contains(d) {
+                meta.blobs.push(d.clone());
+            }
+        }
+        if meta.blobs.len() == before {
+            return Ok(());
+        }
+        let path = self.image_dir(digest).join(META);
+        let json = serde_json::to_vec_pretty(&meta).expect("image metadata always serializes");
+        crate::fsutil::atomic_write(&path, &json).map_err(io_err(&path))
+    }
+
+    /// Deletes the blobs no stored image was made from. Returns how many went.
+    pub fn sweep_blobs(&self) -> Result<usize, StoreError> {
+        let images = self.root.join("images");
+        self.blobs
+            .sweep(|| {
+                let mut keep = std::collections::HashSet::new();
+                for entry in fs::read_dir(&images)? {
+                    let Some(digest) = entry?
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| Digest::from_hex(n).ok())
+                    else {
+                        continue;
+                    };
+                    if let Ok(meta) = self.read_meta(&digest) {
+                        keep.extend(meta.blobs);
+                    }
+                }
+                Ok(keep)
+            })
+            .map_err(io_err(&self.root.join("blobs")))
     }
 
     /// Makes `source` available as `name` (e.g. `alpine:3.20`): unpacks it into the store once
@@ -237,7 +331,7 @@ impl Store {
     }
 
     /// The stored image called `name` (`x` and `x:latest` are the same name).
-    pub(crate) fn lookup(&self, name: &str) -> Result<Option<Image>, StoreError> {
+    pub fn lookup(&self, name: &str) -> Result<Option<Image>, StoreError> {
         let index = self.index.read()?;
         let entry = candidates(name).iter().find_map(|n| index.images.get(n));
         match entry {
@@ -251,19 +345,30 @@ impl Store {
         let index = self.index.read()?;
         let mut out = Vec::with_capacity(index.images.len());
         for (name, e) in index.images {
-            let size = self.read_meta(&e.digest).map(|m| m.size).unwrap_or(0);
+            let (size, source) = match self.read_meta(&e.digest) {
+                Ok(m) => (m.size, m.source),
+                Err(_) => (0, "(damaged)".to_string()),
+            };
             out.push(ImageSummary {
                 name,
                 digest: e.digest,
                 size,
                 created: e.created,
+                source,
             });
         }
         Ok(out)
     }
 
-    /// Forgets `name`; the image's files go too when no other name refers to them.
+    /// Forgets `name`; the image's files go too when no other name refers to them, and so do
+    /// the blobs no other image was made from.
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        self.forget(name)?;
+        self.sweep_blobs()?;
+        Ok(())
+    }
+
+    fn forget(&self, name: &str) -> Result<(), StoreError> {
         let lock = self.index.lock()?;
         let removed = self.index.update(&lock, |f| {
             let key = candidates(name)
@@ -273,6 +378,9 @@ impl Store {
             let still_used = f.images.values().any(|e| e.digest == entry.digest);
             Some((entry.digest, still_used))
         })?;
+        // The blob sweep that may follow takes the blob lock, which pulls hold while they
+        // take this one: release it first.
+        drop(lock);
         match removed {
             None => Err(StoreError::NoSuchImage(name.to_string())),
             Some((_, true)) => Ok(()),
@@ -302,6 +410,7 @@ impl Store {
             }
         }
         drop(lock);
+        self.sweep_blobs()?;
         Ok(removed)
     }
 
@@ -404,25 +513,7 @@ impl Store {
             return self.load(&src.id);
         }
         self.install(&src.id, |work| {
-            let rootfs = work.join(ROOTFS);
-            DirBuilder::new()
-                .mode(0o755)
-                .create(&rootfs)
-                .map_err(io_err(&rootfs))?;
-            for (path, spec) in &src.layers {
-                apply_layer(&rootfs, src.open_layer(path)?, spec)?;
-            }
-            let config_path = work.join("config.json");
-            fs::write(&config_path, &src.config_bytes).map_err(io_err(&config_path))?;
-            let (stats, _) = walk::scan(&rootfs, None)?;
-            Ok(ImageMeta {
-                digest: src.id.clone(),
-                source: reference.to_string(),
-                size: stats.file_bytes,
-                created: now(),
-                config: ImageConfig::from(&src.config),
-                external_rootfs: None,
-            })
+            unpack_image(&src, work, &reference.to_string())
         })
     }
 
@@ -441,6 +532,7 @@ impl Store {
                 created: now(),
                 config: ImageConfig::default(),
                 external_rootfs: Some(path.clone()),
+                blobs: Vec::new(),
             })
         })
     }
@@ -464,6 +556,7 @@ impl Store {
                 created: now(),
                 config: ImageConfig::default(),
                 external_rootfs: None,
+                blobs: Vec::new(),
             })
         })
     }
@@ -499,6 +592,30 @@ impl Store {
             }
         }
     }
+}
+
+/// Fills an image work directory from `src`: its layers unpacked into `rootfs/`, its config.
+fn unpack_image(src: &ImageSource, work: &Path, source: &str) -> Result<ImageMeta, StoreError> {
+    let rootfs = work.join(ROOTFS);
+    DirBuilder::new()
+        .mode(0o755)
+        .create(&rootfs)
+        .map_err(io_err(&rootfs))?;
+    for (path, spec) in &src.layers {
+        apply_layer(&rootfs, src.open_layer(path)?, spec)?;
+    }
+    let config_path = work.join("config.json");
+    fs::write(&config_path, &src.config_bytes).map_err(io_err(&config_path))?;
+    let (stats, _) = walk::scan(&rootfs, None)?;
+    Ok(ImageMeta {
+        digest: src.id.clone(),
+        source: source.to_string(),
+        size: stats.file_bytes,
+        created: now(),
+        config: ImageConfig::from(&src.config),
+        external_rootfs: None,
+        blobs: Vec::new(),
+    })
 }
 
 fn canonical_dir(path: &Path) -> Result<PathBuf, StoreError> {

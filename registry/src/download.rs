@@ -1,0 +1,168 @@
+//! Fetching one blob into the store: verified while it streams, resumed where an interrupted
+//! pull stopped, and moved into `blobs/sha256/` only whole and verified.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use bulkhead_rootfs::{Blobs, Hasher};
+use futures_util::StreamExt;
+use nix::fcntl::{Flock, FlockArg};
+use oci_client::client::BlobResponse;
+use oci_client::manifest::OciDescriptor;
+
+use crate::error::PullError;
+use crate::manifest::BlobRef;
+use crate::progress::Progress;
+use crate::session::Session;
+
+/// Makes `blob` present in `blobs`, downloading what is missing.
+pub(crate) async fn fetch(
+    session: &Session<'_>,
+    blobs: &Blobs,
+    blob: &BlobRef,
+    progress: &Progress,
+) -> Result<(), PullError> {
+    if blobs.contains(&blob.digest, blob.size) {
+        progress.present(&blob.digest);
+        return Ok(());
+    }
+    let partial = blobs.partial_path(&blob.digest);
+    let Some((mut file, mut hasher, mut have)) = open_partial(&partial, blobs, blob)? else {
+        progress.present(&blob.digest);
+        return Ok(());
+    };
+    if have > 0 {
+        progress.resuming(&blob.digest, have);
+    }
+    let what = blob.digest.to_string();
+    let ctx = session.ctx(&what);
+    let desc = OciDescriptor {
+        media_type: blob.media_type.clone(),
+        digest: blob.digest.to_string(),
+        size: blob.size as i64,
+        ..Default::default()
+    };
+    let response = session
+        .client
+        .pull_blob_stream_partial(session.remote.oci(), &desc, have, None)
+        .await
+        .map_err(|e| ctx.classify(e))?;
+    let mut stream = match response {
+        BlobResponse::Partial(s) => s,
+        BlobResponse::Full(s) => {
+            // The registry ignored the range: start over.
+            if have > 0 {
+                file.set_len(0).map_err(io_err(&partial))?;
+                file.seek(SeekFrom::Start(0)).map_err(io_err(&partial))?;
+                hasher = Hasher::default();
+                have = 0;
+            }
+            s
+        }
+    };
+    let shown = progress.blob(&blob.digest, blob.size);
+    shown.set(have);
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            // oci-client checks the digest of a whole response too; a mismatch found there is
+            // reported below, as one found here.
+            Err(_) if have == blob.size => break,
+            Err(e) => return Err(PullError::from_stream(&ctx, e)),
+        };
+        if have + chunk.len() as u64 > blob.size {
+            drop(file);
+            let _ = std::fs::remove_file(&partial);
+            return Err(PullError::SizeMismatch {
+                digest: what,
+                expected: blob.size,
+                actual: have + chunk.len() as u64,
+            });
+        }
+        file.write_all(&chunk).map_err(io_err(&partial))?;
+        hasher.update(&chunk);
+        have += chunk.len() as u64;
+        shown.set(have);
+    }
+    drop(file);
+    let actual = hasher.finish();
+    if have != blob.size || actual != blob.digest {
+        // A short body is a transfer that stopped; keep it to resume. Wrong content is not.
+        if have == blob.size {
+            let _ = std::fs::remove_file(&partial);
+            return Err(PullError::DigestMismatch {
+                digest: what,
+                actual: actual.to_string(),
+            });
+        }
+        return Err(PullError::Unreachable {
+            registry: session.remote.registry().to_string(),
+            cause: format!(
+                "the download of blob {what} stopped after {have} of {} bytes",
+                blob.size
+            ),
+        });
+    }
+    blobs
+        .commit_partial(&blob.digest)
+        .map_err(io_err(&partial))?;
+    shown.finish();
+    Ok(())
+}
+
+/// The partial download at `path`, locked against another pull of the same blob, with the
+/// hash and length of what it holds; `None` if the blob arrived meanwhile. A partial no
+/// shorter than the blob failed verification before and starts over.
+fn open_partial(
+    path: &Path,
+    blobs: &Blobs,
+    blob: &BlobRef,
+) -> Result<Option<(Flock<File>, Hasher, u64)>, PullError> {
+    let mut file = loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
+        let file =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io_err(path)(e.into()))?;
+        if blobs.contains(&blob.digest, blob.size) {
+            return Ok(None);
+        }
+        // Another pull may have finished and renamed this very file into place between our
+        // open and our lock: then it is the verified blob, not ours to write.
+        let ours = file.metadata().map_err(io_err(path))?.ino();
+        if std::fs::metadata(path).is_ok_and(|m| m.ino() == ours) {
+            break file;
+        }
+    };
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut hasher = Hasher::default();
+    if len == 0 || len >= blob.size {
+        file.set_len(0).map_err(io_err(path))?;
+        return Ok(Some((file, hasher, 0)));
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    let mut read = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        read += n as u64;
+    }
+    file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
+    Ok(Some((file, hasher, read)))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PullError + '_ {
+    move |source| PullError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
