@@ -1,5 +1,7 @@
-//! Fetching one blob into the store: verified while it streams, resumed where an interrupted
-//! pull stopped, and moved into `blobs/sha256/` only whole and verified.
+//! Fetching one blob: downloaded into `blobs/partial/`, verified while it streams, resumed
+//! where an interrupted pull stopped. A pull moves its downloads into `blobs/sha256/` (the
+//! store proper) only once every blob of its image is in ([`commit`]), so a failed pull
+//! leaves the store as it was and the next one finds its downloads.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -17,22 +19,39 @@ use crate::manifest::BlobRef;
 use crate::progress::Progress;
 use crate::session::Session;
 
-/// Makes `blob` present in `blobs`, downloading what is missing.
+/// Where a blob is once [`fetch`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    /// Already in the store.
+    Stored,
+    /// Verified in `blobs/partial/`, to [`commit`].
+    Downloaded,
+}
+
+/// Makes `blob` present, in the store or verified in `blobs/partial/`, downloading what is
+/// missing.
 pub(crate) async fn fetch(
     session: &Session<'_>,
     blobs: &Blobs,
     blob: &BlobRef,
     progress: &Progress,
-) -> Result<(), PullError> {
+) -> Result<Fetched, PullError> {
     if blobs.contains(&blob.digest, blob.size) {
         progress.present(&blob.digest);
-        return Ok(());
+        return Ok(Fetched::Stored);
     }
     let partial = blobs.partial_path(&blob.digest);
     let Some((mut file, mut hasher, mut have)) = open_partial(&partial, blobs, blob)? else {
         progress.present(&blob.digest);
-        return Ok(());
+        return Ok(Fetched::Stored);
     };
+    if have == blob.size {
+        progress.say(&format!(
+            "Blob sha256:{} already downloaded",
+            blob.digest.short()
+        ));
+        return Ok(Fetched::Downloaded);
+    }
     if have > 0 {
         progress.resuming(&blob.digest, have);
     }
@@ -105,16 +124,39 @@ pub(crate) async fn fetch(
             ),
         });
     }
-    blobs
-        .commit_partial(&blob.digest)
-        .map_err(io_err(&partial))?;
     shown.finish();
-    Ok(())
+    Ok(Fetched::Downloaded)
+}
+
+/// Moves a verified download into the store.
+pub(crate) fn commit(blobs: &Blobs, blob: &BlobRef) -> Result<(), PullError> {
+    match blobs.commit_partial(&blob.digest) {
+        Ok(_) => Ok(()),
+        // A concurrent pull of the same blob moved it first.
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound && blobs.contains(&blob.digest, blob.size) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(io_err(&blobs.partial_path(&blob.digest))(e)),
+    }
+}
+
+/// The bytes of a small fetched blob (a config), wherever [`fetch`] left it.
+pub(crate) fn read(blobs: &Blobs, blob: &BlobRef) -> Result<Vec<u8>, PullError> {
+    let stored = blobs.path(&blob.digest);
+    let path = if stored.exists() {
+        stored
+    } else {
+        blobs.partial_path(&blob.digest)
+    };
+    std::fs::read(&path).map_err(io_err(&path))
 }
 
 /// The partial download at `path`, locked against another pull of the same blob, with the
-/// hash and length of what it holds; `None` if the blob arrived meanwhile. A partial no
-/// shorter than the blob failed verification before and starts over.
+/// hash and length of what it holds; `None` if the blob arrived in the store meanwhile. A
+/// whole partial (a failed pull's download) is kept if it verifies; anything else as long
+/// or longer starts over.
 fn open_partial(
     path: &Path,
     blobs: &Blobs,
@@ -142,7 +184,7 @@ fn open_partial(
     };
     let len = file.metadata().map_err(io_err(path))?.len();
     let mut hasher = Hasher::default();
-    if len == 0 || len >= blob.size {
+    if len == 0 || len > blob.size {
         file.set_len(0).map_err(io_err(path))?;
         return Ok(Some((file, hasher, 0)));
     }
@@ -155,6 +197,11 @@ fn open_partial(
         }
         hasher.update(&buf[..n]);
         read += n as u64;
+    }
+    if read == blob.size && hasher.clone().finish() != blob.digest {
+        file.set_len(0).map_err(io_err(path))?;
+        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+        return Ok(Some((file, Hasher::default(), 0)));
     }
     file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
     Ok(Some((file, hasher, read)))

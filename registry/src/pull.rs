@@ -88,8 +88,13 @@ async fn pull_remote(
     futures_util::stream::iter(manifest.layers.iter())
         .map(|layer| download::fetch(&session, blobs, layer, &progress))
         .buffer_unordered(PARALLEL_DOWNLOADS)
-        .try_collect::<Vec<()>>()
+        .try_collect::<Vec<_>>()
         .await?;
+
+    // Every blob is in: only now does the store change.
+    for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+        download::commit(blobs, blob)?;
+    }
     blobs
         .put(&choice.digest, &manifest_bytes)
         .map_err(|source| PullError::Io {
@@ -112,10 +117,7 @@ fn check_platform(
     blobs: &bulkhead_rootfs::Blobs,
     config: &BlobRef,
 ) -> Result<(), PullError> {
-    let bytes = blobs.read(&config.digest).map_err(|source| PullError::Io {
-        path: blobs.path(&config.digest),
-        source,
-    })?;
+    let bytes = download::read(blobs, config)?;
     match manifest::config_platform(&bytes) {
         Some((os, arch)) if os == "linux" && arch == host_arch() => Ok(()),
         Some((os, arch)) => Err(PullError::Unsupported(format!(

@@ -575,11 +575,10 @@ impl Store {
         }
     }
 
+    /// Removes work areas and downloads that processes which died long ago left.
     fn clean_stale_tmp(&self) {
-        let tmp = self.root.join("tmp");
-        let Ok(entries) = fs::read_dir(&tmp) else {
-            return;
-        };
+        let dirs = [self.root.join("tmp"), self.root.join("blobs/partial")];
+        let entries = dirs.iter().filter_map(|d| fs::read_dir(d).ok()).flatten();
         for entry in entries.flatten() {
             let old = entry
                 .metadata()
