@@ -655,3 +655,111 @@ mod tests {
         assert_eq!(candidates("a/b:1.0"), ["a/b:1.0"]);
     }
 }
+
+#[cfg(test)]
+mod pulled_tests {
+    use super::*;
+    use crate::source::ManifestChoice;
+
+    fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Puts an image's blobs in the store as a pull would, returning its manifest.
+    fn put_image(store: &Store, layers: &[Vec<u8>]) -> ManifestChoice {
+        let put = |bytes: &[u8]| {
+            let d = Digest::of(bytes);
+            store.blobs().put(&d, bytes).unwrap();
+            d
+        };
+        let layer_digests: Vec<Digest> = layers.iter().map(|l| put(l)).collect();
+        let config = serde_json::json!({
+            "architecture": crate::source::host_arch(), "os": "linux",
+            "config": {"Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": layer_digests.iter().map(|d| d.to_string()).collect::<Vec<_>>()}
+        })
+        .to_string();
+        let config_digest = put(config.as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config.len()},
+            "layers": layers.iter().zip(&layer_digests).map(|(l, d)| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": l.len()
+            })).collect::<Vec<_>>()
+        })
+        .to_string();
+        ManifestChoice {
+            digest: put(manifest.as_bytes()),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: manifest.len() as u64,
+        }
+    }
+
+    #[test]
+    fn pulled_images_keep_their_blobs_until_no_image_uses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let base = layer(&[("etc/base", b"base")]);
+        let a = put_image(&store, &[base.clone(), layer(&[("a", b"a")])]);
+        let b = put_image(&store, &[base.clone(), layer(&[("b", b"b")])]);
+        let image_a = store
+            .install_pulled(&a, "reg:5000/a@x", "reg:5000/a:1")
+            .unwrap();
+        store
+            .install_pulled(&b, "reg:5000/b@x", "reg:5000/b:1")
+            .unwrap();
+        assert_eq!(fs::read(image_a.rootfs.join("etc/base")).unwrap(), b"base");
+        assert!(image_a.rootfs.join("a").exists());
+        let listed = store.list().unwrap();
+        assert!(listed
+            .iter()
+            .any(|i| i.name == "reg:5000/a:1" && i.source == "reg:5000/a@x"));
+
+        let base_digest = Digest::of(&base);
+        store.remove("reg:5000/a:1").unwrap();
+        assert!(
+            store.blobs().contains(&base_digest, base.len() as u64),
+            "b still uses the base layer"
+        );
+        assert!(
+            !store.blobs().path(&a.digest).exists(),
+            "a's manifest is freed"
+        );
+        store.remove("reg:5000/b:1").unwrap();
+        let left: Vec<_> = fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let l = layer(&[("x", b"x")]);
+        let m = put_image(&store, &[l.clone()]);
+        // Damage the stored layer behind the store's back.
+        let mut bad = l.clone();
+        bad[600] ^= 0xff;
+        fs::write(store.blobs().path(&Digest::of(&l)), bad).unwrap();
+        let err = store.install_pulled(&m, "s", "reg/x:1").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unpack(UnpackError::DigestMismatch { .. })),
+            "{err}"
+        );
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("images")).unwrap().count(), 0);
+    }
+}
