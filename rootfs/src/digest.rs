@@ -101,6 +101,25 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
+/// The entries of `dir` named by a digest's hex (`blobs/sha256/<hex>`, `images/<hex>`), with
+/// their paths; other names are skipped.
+pub(crate) fn named_entries(
+    dir: &std::path::Path,
+) -> io::Result<Vec<(Digest, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(digest) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| Digest::from_hex(n).ok())
+        {
+            out.push((digest, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
 /// Incremental SHA-256 over arbitrary pieces: fingerprints that are not a single blob, and
 /// blobs verified while they stream in.
 #[derive(Clone, Default)]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::digest::Digest;
+use crate::digest::{named_entries, Digest};
 use crate::fsutil::atomic_write;
 
 pub struct Blobs {
@@ -109,17 +109,9 @@ impl Blobs {
         let _exclusive = self.flock(FlockArg::LockExclusive)?;
         let keep = keep()?;
         let mut removed = 0;
-        for entry in fs::read_dir(self.dir.join("sha256"))? {
-            let entry = entry?;
-            let Some(digest) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-            else {
-                continue;
-            };
+        for (digest, path) in named_entries(&self.dir.join("sha256"))? {
             if !keep.contains(&digest) {
-                match fs::remove_file(entry.path()) {
+                match fs::remove_file(path) {
                     Ok(()) => removed += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),

@@ -31,7 +31,7 @@ use index::{Index, IndexEntry};
 
 use crate::busybox::{self, BusyboxError};
 use crate::config::ImageConfig;
-use crate::digest::Digest;
+use crate::digest::{named_entries, Digest};
 use crate::ext4::{self, DiskError};
 use crate::fsutil::{remove_any, rename_noreplace};
 use crate::reference::{validate_name, ImageRef, ReferenceError};
@@ -257,14 +257,7 @@ impl Store {
         self.blobs
             .sweep(|| {
                 let mut keep = std::collections::HashSet::new();
-                for entry in fs::read_dir(&images)? {
-                    let Some(digest) = entry?
-                        .file_name()
-                        .to_str()
-                        .and_then(|n| Digest::from_hex(n).ok())
-                    else {
-                        continue;
-                    };
+                for (digest, _) in named_entries(&images)? {
                     if let Ok(meta) = self.read_meta(&digest) {
                         keep.extend(meta.blobs);
                     }
@@ -395,15 +388,7 @@ impl Store {
         let index = self.index.read()?;
         let images = self.root.join("images");
         let mut removed = 0;
-        for entry in fs::read_dir(&images).map_err(io_err(&images))? {
-            let entry = entry.map_err(io_err(&images))?;
-            let Some(digest) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-            else {
-                continue;
-            };
+        for (digest, _) in named_entries(&images).map_err(io_err(&images))? {
             if !index.images.values().any(|e| e.digest == digest) {
                 self.delete_image_dir(&digest)?;
                 removed += 1;
@@ -749,7 +734,7 @@ mod pulled_tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let l = layer(&[("x", b"x")]);
-        let m = put_image(&store, &[l.clone()]);
+        let m = put_image(&store, std::slice::from_ref(&l));
         // Damage the stored layer behind the store's back.
         let mut bad = l.clone();
         bad[600] ^= 0xff;
