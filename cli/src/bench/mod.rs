@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use bulkhead_rootfs::{ImageRef, Store};
+use bulkhead_rootfs::Store;
 use bulkhead_vmm::boot::{cmdline, pvm};
 use clap::Args;
 
@@ -185,11 +185,12 @@ fn progress(args: std::fmt::Arguments<'_>) {
 /// that no sample pays for making it.
 fn prepare_image(image: &str) -> anyhow::Result<PathBuf> {
     let store = Store::open(paths::root()).context("cannot open the image store")?;
-    let reference =
-        ImageRef::parse(image).with_context(|| format!("invalid image reference {image:?}"))?;
-    let image_data = store
-        .resolve(&reference)
-        .with_context(|| format!("cannot use image {image}"))?;
+    let image_data = crate::pull::image_for(
+        &store,
+        image,
+        crate::pull::PullPolicy::Missing,
+        &Default::default(),
+    )?;
     store
         .root_disk(&image_data)
         .context("cannot make the image's root disk")?;
