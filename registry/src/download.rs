@@ -63,11 +63,20 @@ pub(crate) async fn fetch(
         size: blob.size as i64,
         ..Default::default()
     };
-    let response = session
-        .client
-        .pull_blob_stream_partial(session.remote.oci(), &desc, have, None)
-        .await
-        .map_err(|e| ctx.classify(e))?;
+    let response = if have == 0 {
+        // A plain GET: not every registry (or the CDN it redirects to) honours ranges.
+        session
+            .client
+            .pull_blob_stream(session.remote.oci(), &desc)
+            .await
+            .map(BlobResponse::Full)
+    } else {
+        session
+            .client
+            .pull_blob_stream_partial(session.remote.oci(), &desc, have, None)
+            .await
+    }
+    .map_err(|e| ctx.classify(e))?;
     let mut stream = match response {
         BlobResponse::Partial(s) => s,
         BlobResponse::Full(s) => {

@@ -79,7 +79,7 @@ async fn pull_remote(
     let (choice, manifest, manifest_bytes) = manifest::resolve(&session).await?;
 
     let blobs = store.blobs();
-    let _lease = blobs.lease().map_err(|source| PullError::Io {
+    let lease = blobs.lease().map_err(|source| PullError::Io {
         path: store.root().join("blobs.lock"),
         source,
     })?;
@@ -103,12 +103,18 @@ async fn pull_remote(
         })?;
 
     progress.say(&format!("Unpacking {}", choice.digest));
-    let image = store.install_pulled(
+    let installed = store.install_pulled(
         &choice,
         &remote.source_with(&choice.digest.to_string()),
         &remote.store_name(),
-    )?;
-    Ok(image)
+    );
+    drop(lease);
+    if installed.is_err() {
+        // Blobs that verified but do not make an image (a layer that is not a tar) are
+        // nobody's: take them out again, so a failed pull leaves the store as it was.
+        let _ = store.sweep_blobs();
+    }
+    Ok(installed?)
 }
 
 /// Refuses an image for another platform once its (small) config is in, before its layers.
