@@ -8,8 +8,12 @@ set -euo pipefail
 # nftables: bulkhead's NAT and published ports (`nft -j -f -`); iproute2 for
 # the tests' network namespaces; netavark (with iptables and aardvark-dns)
 # is podman's network backend; iperf3 measures network throughput.
+# docker-registry, skopeo, apache2-utils (htpasswd), openssl and curl: the
+# registry tests (tests/tests/registry.rs) and scripts/bench-pull.sh serve
+# pushed images from a local TLS + auth registry.
 pkgs=(e2fsprogs busybox-static cpio util-linux gcc libc6-dev runc libseccomp-dev pkg-config
-    podman containerd docker.io nftables iproute2 netavark aardvark-dns iptables iperf3)
+    podman containerd docker.io nftables iproute2 netavark aardvark-dns iptables iperf3
+    docker-registry skopeo apache2-utils openssl curl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

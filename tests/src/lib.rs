@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 pub mod elf;
 pub mod netns;
 pub mod oci;
+pub mod registry;
 pub mod vsock;
 
 /// Whole boot plus the test's exchanges; a hang fails the test, not CI.

@@ -56,7 +56,7 @@ pub enum SourceError {
         count: usize,
         available: String,
     },
-    #[error("image {location} is for {found}, but this host runs linux/{host}")]
+    #[error("image {location} is for platform {found}, but this host runs linux/{host}")]
     WrongPlatform {
         location: PathBuf,
         found: String,
