@@ -12,6 +12,7 @@
 #
 #   scripts/bench-pull.sh [REPS] [MIB]
 set -euo pipefail
+shopt -s inherit_errexit  # a failed pull inside $(...) stops the script
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${BULKHEAD_BIN:-$here/target/release/bulkhead}
 reps=${1:-3}
