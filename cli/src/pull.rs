@@ -1,7 +1,7 @@
 //! `bulkhead pull|login|logout`, and the image lookup `run` does: the store first, then the
 //! registry (`--pull missing|always|never`).
 
-use std::io::{BufRead, IsTerminal};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -161,9 +161,6 @@ fn login_credentials(args: &LoginArgs) -> anyhow::Result<Credentials> {
                 .context("cannot read the password from stdin")?;
             line.trim_end_matches(['\n', '\r']).to_string()
         }
-        (None, false) if std::io::stdin().is_terminal() => {
-            bail!("give the password with -p or --password-stdin")
-        }
         (None, false) => bail!("give the password with -p or --password-stdin"),
     };
     if password.is_empty() {
@@ -219,26 +216,22 @@ pub fn image_for(
 }
 
 /// A stored image by the name given or by its normalised registry name (`nginx` is stored
-/// as `docker.io/library/nginx:latest`).
+/// as `docker.io/library/nginx:latest`), with the name it is stored under.
+fn find_stored(store: &Store, name: &str) -> anyhow::Result<Option<(String, Image)>> {
+    let normalised = RemoteRef::parse(name).ok().map(|r| r.store_name());
+    for candidate in std::iter::once(name.to_string()).chain(normalised) {
+        if let Some(image) = store.lookup(&candidate)? {
+            return Ok(Some((candidate, image)));
+        }
+    }
+    Ok(None)
+}
+
 pub fn stored(store: &Store, name: &str) -> anyhow::Result<Option<Image>> {
-    if let Some(image) = store.lookup(name)? {
-        return Ok(Some(image));
-    }
-    match RemoteRef::parse(name) {
-        Ok(remote) => Ok(store.lookup(&remote.store_name())?),
-        Err(_) => Ok(None),
-    }
+    Ok(find_stored(store, name)?.map(|(_, image)| image))
 }
 
 /// The stored name `name` means: itself, or its normalised registry form.
 pub fn stored_name(store: &Store, name: &str) -> anyhow::Result<String> {
-    if store.lookup(name)?.is_some() {
-        return Ok(name.to_string());
-    }
-    if let Ok(remote) = RemoteRef::parse(name) {
-        if store.lookup(&remote.store_name())?.is_some() {
-            return Ok(remote.store_name());
-        }
-    }
-    Ok(name.to_string())
+    Ok(find_stored(store, name)?.map_or_else(|| name.to_string(), |(n, _)| n))
 }

@@ -947,15 +947,29 @@ impl TokenServer {
 
 impl Drop for TokenServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop (the listener lives in the registry's netns).
-        let port = self.port;
-        in_netns(self.netns.as_deref(), move || {
-            let _ = TcpStream::connect(("127.0.0.1", port));
-        });
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        stop_accept_loop(
+            &self.stop,
+            self.netns.as_deref(),
+            self.port,
+            self.thread.take(),
+        );
+    }
+}
+
+/// Stops a test server's accept loop: sets `stop`, wakes the loop with a
+/// connection (its listener lives in `netns`) and joins its thread.
+fn stop_accept_loop(
+    stop: &AtomicBool,
+    netns: Option<&str>,
+    port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::SeqCst);
+    in_netns(netns, move || {
+        let _ = TcpStream::connect(("127.0.0.1", port));
+    });
+    if let Some(t) = thread {
+        let _ = t.join();
     }
 }
 
@@ -1285,14 +1299,12 @@ impl Blackhole {
 
 impl Drop for Blackhole {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let port = self.port;
-        in_netns(self.netns.as_deref(), move || {
-            let _ = TcpStream::connect(("127.0.0.1", port));
-        });
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        stop_accept_loop(
+            &self.stop,
+            self.netns.as_deref(),
+            self.port,
+            self.thread.take(),
+        );
     }
 }
 
