@@ -28,6 +28,7 @@ use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_PORT_BASE, 
 use crate::devices::legacy::trigger::EventFdTrigger;
 use crate::devices::virtio::RestoreError as DeviceRestoreError;
 use crate::devices::virtio::{AttachedDevices, RestoreBackings, VirtioDevices};
+use crate::seccomp::{ThreadFilters, ThreadKind};
 use crate::snapshot::{self, HostCpu, SnapshotError, SnapshotPaths};
 use crate::vmm::{VmParts, Vmm};
 use crate::vstate::kvm::{open_kvm, KvmError};
@@ -102,6 +103,9 @@ pub struct RestoreConfig {
     /// The TAP (and the MAC its config space now reports) plugged into the
     /// snapshot's virtio-net slot; `None` leaves it without a cable.
     pub net: Option<NetConfig>,
+    /// The restored VM's threads are confined by these filters; `None`
+    /// only for debugging.
+    pub seccomp: Option<Arc<ThreadFilters>>,
 }
 
 /// The devices a VM keeps beside its vCPUs, for snapshots and the exit watch.
@@ -211,7 +215,8 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
         }
         vcpus.push(vcpu);
     }
-    finish(kvm, vm, mem, wiring, serial, virtio, reset_evt, vcpus)
+    let vmm = finish(kvm, vm, mem, wiring, serial, virtio, reset_evt, vcpus)?;
+    Ok(vmm.confined_by(config.seccomp))
 }
 
 /// Restores the VM snapshotted in `config.snapshot_dir`, ready to
@@ -229,7 +234,7 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
     } else {
         let mem = snapshot::memory::restore_memory(&paths.memory, state.mem_size)
             .map_err(SnapshotError::from)?;
-        populate_in_background(&mem, &paths.memory);
+        populate_in_background(&mem, &paths.memory, config.seccomp.clone());
         mem
     };
     let vm = create_vm(&kvm, &mem)?;
@@ -268,17 +273,26 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    finish(kvm, vm, mem, wiring, serial, virtio, reset_evt, vcpus)
+    let vmm = finish(kvm, vm, mem, wiring, serial, virtio, reset_evt, vcpus)?;
+    Ok(vmm.confined_by(config.seccomp))
 }
 
 /// Fills the host page table for the snapshot's data pages while the VM
 /// is set up and starts: the guest runs meanwhile, and pages it reaches
 /// first are faulted in by it as they would be anyway.
-fn populate_in_background(mem: &vm_memory::GuestMemoryMmap, path: &std::path::Path) {
+fn populate_in_background(
+    mem: &vm_memory::GuestMemoryMmap,
+    path: &std::path::Path,
+    seccomp: Option<Arc<ThreadFilters>>,
+) {
     let (mem, path) = (mem.clone(), path.to_path_buf());
     let spawned = std::thread::Builder::new()
         .name("populate".into())
         .spawn(move || {
+            if let Some(Err(e)) = seccomp.map(|f| f.install(ThreadKind::Populate)) {
+                log::error!("{e}; guest memory is faulted in on demand instead");
+                return;
+            }
             let start = std::time::Instant::now();
             match snapshot::memory::populate_data(&mem, &path) {
                 Ok(bytes) => log::debug!(

@@ -2,9 +2,11 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::boot::pvm::PvmCompat;
 use crate::devices::virtio::net::Tap;
+use crate::seccomp::ThreadFilters;
 
 pub const DEFAULT_MEM_MIB: u64 = 128;
 /// Below this the kernel's early allocations fail in confusing ways.
@@ -79,6 +81,9 @@ pub struct VmConfig {
     pub shares: Vec<FsConfig>,
     /// One virtio-net device, after the shares and before the vsock.
     pub net: Option<NetConfig>,
+    /// The VM's threads are confined by these filters; `None` only for
+    /// debugging.
+    pub seccomp: Option<Arc<ThreadFilters>>,
 }
 
 impl VmConfig {
@@ -97,6 +102,7 @@ impl VmConfig {
             vsock: None,
             shares: Vec::new(),
             net: None,
+            seccomp: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod devices;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vmm;
 pub mod vstate;

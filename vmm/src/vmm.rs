@@ -16,9 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::{Subscriber, VmDevices};
 use crate::devices::bus::lock;
+use crate::seccomp::{SeccompError, ThreadFilters, ThreadKind};
 use crate::snapshot::{self, HostCpu, SnapshotError, SnapshotState};
 use crate::vstate::persist::{self as kvm_state, StateError};
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuStop};
+use crate::vstate::vcpu::{Gate, StartGate, Vcpu, VcpuError, VcpuHandle, VcpuStop};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -35,6 +36,10 @@ pub enum RunError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot snapshot the VM: {0}")]
     State(#[from] StateError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("a vCPU thread ended before it was confined")]
+    VcpuLost,
 }
 
 /// How a VM ended without error.
@@ -183,6 +188,7 @@ pub struct Vmm {
     vm: VmFd,
     mem: GuestMemoryMmap,
     kvm: Kvm,
+    seccomp: Option<Arc<ThreadFilters>>,
 }
 
 impl Vmm {
@@ -216,7 +222,14 @@ impl Vmm {
             vm: parts.vm,
             mem: parts.mem,
             kvm: parts.kvm,
+            seccomp: None,
         })
+    }
+
+    /// Confines the threads [`Vmm::run`] runs the VM on (itself included).
+    pub(crate) fn confined_by(mut self, seccomp: Option<Arc<ThreadFilters>>) -> Self {
+        self.seccomp = seccomp;
+        self
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -257,22 +270,7 @@ impl Vmm {
     /// requested. Returns how it ended; a guest failure is an error.
     pub fn run(mut self) -> Result<VmExit, RunError> {
         let stop = self.reports.stop.clone();
-        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
-        for vcpu in self.vcpus.drain(..) {
-            let id = vcpu.id();
-            let evt = self
-                .reports
-                .stopped_evt
-                .try_clone()
-                .map_err(|e| RunError::Vcpu(VcpuError::Spawn(id, e)))?;
-            match vcpu.spawn(stop.clone(), self.reports.stopped_tx.clone(), evt) {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    stop_vcpus(&stop, handles);
-                    return Err(e.into());
-                }
-            }
-        }
+        let handles = self.start_vcpus_confined()?;
 
         let ending = loop {
             if let Err(e) = self.event_manager.run() {
@@ -315,6 +313,59 @@ impl Vmm {
             (Ending::VcpuStopped, None) if stuck => Err(RunError::StuckVcpus),
             (Ending::VcpuStopped, None) => Ok(VmExit::GuestShutdown),
         }
+    }
+}
+
+impl Vmm {
+    /// Starts a thread per vCPU and confines them and the calling thread
+    /// (which becomes the event loop) with their seccomp filters; only then
+    /// are the vCPUs let into the guest. If any filter cannot be installed
+    /// no guest instruction runs.
+    fn start_vcpus_confined(&mut self) -> Result<Vec<VcpuHandle>, RunError> {
+        let stop = self.reports.stop.clone();
+        let open = Arc::new(Gate::default());
+        let (confined_tx, confined_rx) = std::sync::mpsc::channel();
+        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
+        let abort = |handles: Vec<VcpuHandle>, e: RunError| {
+            stop.store(true, Ordering::Release);
+            open.open();
+            stop_vcpus(&stop, handles);
+            Err(e)
+        };
+        for vcpu in self.vcpus.drain(..) {
+            let id = vcpu.id();
+            let gate = StartGate {
+                filters: self.seccomp.clone(),
+                confined: confined_tx.clone(),
+                open: open.clone(),
+            };
+            let spawned = self
+                .reports
+                .stopped_evt
+                .try_clone()
+                .map_err(|e| VcpuError::Spawn(id, e));
+            match spawned.and_then(|evt| {
+                vcpu.spawn(stop.clone(), self.reports.stopped_tx.clone(), evt, gate)
+            }) {
+                Ok(h) => handles.push(h),
+                Err(e) => return abort(handles, e.into()),
+            }
+        }
+        drop(confined_tx);
+        for _ in 0..handles.len() {
+            match confined_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return abort(handles, e.into()),
+                Err(_) => return abort(handles, RunError::VcpuLost),
+            }
+        }
+        if let Some(filters) = &self.seccomp {
+            if let Err(e) = filters.install(ThreadKind::EventLoop) {
+                return abort(handles, e.into());
+            }
+        }
+        open.open();
+        Ok(handles)
     }
 }
 

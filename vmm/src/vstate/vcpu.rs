@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use super::persist::{self, VcpuState};
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs};
 use crate::devices::bus::Bus;
+use crate::seccomp::{SeccompError, ThreadFilters, ThreadKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -226,17 +227,23 @@ impl Vcpu {
 
     /// Starts the vCPU thread. When the vCPU stops for good it sends why on
     /// `stopped` and writes `stopped_evt` so the event loop wakes up.
+    ///
+    /// The thread first installs its seccomp filter and reports how that
+    /// went on `gate`, then waits for the gate to open before its first
+    /// KVM_RUN: no guest instruction runs before every thread is confined.
     pub fn spawn(
         self,
         stop: Arc<AtomicBool>,
         stopped: Sender<VcpuStop>,
         stopped_evt: EventFd,
+        gate: StartGate,
     ) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let mut vcpu = self;
+                gate.confine_and_wait(ThreadKind::Vcpu);
                 let reason = vcpu.run_loop(&stop);
                 let _ = stopped.send(reason);
                 let _ = stopped_evt.write(1);
@@ -352,6 +359,45 @@ impl Vcpu {
 }
 
 /// A running vCPU thread.
+/// Holds a new VM thread between its seccomp filter and its first guest
+/// instruction. Each thread reports on `confined` whether its filter is in;
+/// the VMM opens the gate once all have (or sets the stop flag first when
+/// one could not, so that none runs the guest).
+pub struct StartGate {
+    pub filters: Option<Arc<ThreadFilters>>,
+    pub confined: Sender<Result<(), SeccompError>>,
+    pub open: Arc<Gate>,
+}
+
+impl StartGate {
+    fn confine_and_wait(self, kind: ThreadKind) {
+        let result = self.filters.as_ref().map_or(Ok(()), |f| f.install(kind));
+        let _ = self.confined.send(result);
+        self.open.wait();
+    }
+}
+
+/// A one-way gate: threads wait until it is opened, once.
+#[derive(Default)]
+pub struct Gate {
+    opened: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        while !*opened {
+            opened = self.cond.wait(opened).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 pub struct VcpuHandle {
     handle: JoinHandle<Vcpu>,
 }
