@@ -12,7 +12,7 @@ use bulkhead_vmm::config::{
     FS_TAG_MAX,
 };
 use bulkhead_vmm::devices::virtio::net::Tap;
-use bulkhead_vmm::vmm::{SnapshotHandle, VmExit};
+use bulkhead_vmm::vmm::{SnapshotHandle, VmExit, Vmm};
 
 use crate::bench::restore::RestoreRecord;
 use crate::run::record::monotonic_ns;
@@ -233,9 +233,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<_>>()?;
     config.vsock = args.vsock.config();
     config.net = args.net.as_deref().map(parse_net).transpose()?;
+    config.seccomp = crate::confine::vmm_filters()?;
     let (Some(dir), Some(when)) = (args.snapshot_to, args.snapshot_when) else {
         let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
-        vmm.run().context("the VM failed")?;
+        run_confined(vmm).context("the VM failed")?;
         return Ok(ExitCode::SUCCESS);
     };
     if dir.exists() {
@@ -255,7 +256,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     )));
     let vmm = bulkhead_vmm::builder::build(config).context("cannot start the VM")?;
     let _ = handle.set(vmm.snapshot_handle());
-    match vmm.run() {
+    match run_confined(vmm) {
         Ok(VmExit::Snapshotted) => {
             eprintln!("bulkhead: snapshot written to {}", dir.display());
             Ok(ExitCode::SUCCESS)
@@ -285,6 +286,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             .map(|s| (!s.as_os_str().is_empty()).then_some(s))
             .collect(),
         net: args.net.as_deref().map(parse_net).transpose()?,
+        seccomp: crate::confine::vmm_filters()?,
     };
     let begin_ns = monotonic_ns();
     let vmm = bulkhead_vmm::builder::restore(config).context("cannot restore the VM")?;
@@ -294,7 +296,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         vmm.stop_handle().stop();
     }
     let vcpus_started_ns = monotonic_ns();
-    vmm.run().context("the VM failed")?;
+    run_confined(vmm).context("the VM failed")?;
     if let Some(path) = &args.timings_json {
         let record = RestoreRecord {
             begin_ns,
@@ -304,6 +306,19 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         record.write(path)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the VM on a thread of its own: the thread that runs it is confined
+/// by the VMM's filter, and this one still has reporting to do after.
+fn run_confined(vmm: Vmm) -> anyhow::Result<VmExit> {
+    let thread = std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || vmm.run())
+        .context("cannot start the VMM thread")?;
+    match thread.join() {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("the VMM thread panicked"),
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 mod bench;
 mod boot;
+mod confine;
+mod gc;
 mod image;
 mod lifecycle;
 mod logger;
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
     logger::init();
     let cli = Cli::parse_from(argv());
     let g = &cli.global;
+    confine::set_seccomp(g.seccomp);
     if g.debug && g.systemd_cgroup {
         eprintln!("bulkhead: --systemd-cgroup ignored: the container's cgroup is in its guest");
     }
@@ -187,7 +190,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => report(image::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Volume(cmd) => report(image::run_volume(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Network(cmd) => report(network::run(cmd).map(|_| ExitCode::SUCCESS)),
-        Command::Gc => report(network::gc().map(|_| ExitCode::SUCCESS)),
+        Command::Gc => report(gc::run().map(|_| ExitCode::SUCCESS)),
         Command::Template(cmd) => report(template::command::run(cmd).map(|_| ExitCode::SUCCESS)),
         Command::Boot(args) => report(boot::run(args)),
         Command::Restore(args) => report(boot::restore(args)),

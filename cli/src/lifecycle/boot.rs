@@ -142,7 +142,9 @@ impl Machine<'_> {
 fn console_file(path: &Path) -> anyhow::Result<ConsoleOutput> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(ConsoleOutput::Writer(Box::new(file)))
+    Ok(ConsoleOutput::Writer(Box::new(
+        super::console_log::ConsoleLog::new(file),
+    )))
 }
 
 fn vsock_config(m: &Machine<'_>) -> VsockConfig {
@@ -170,6 +172,7 @@ fn start_cold(m: &Machine<'_>) -> anyhow::Result<RunningVm> {
         })
         .collect();
     config.net = m.net_config()?;
+    config.seccomp = crate::confine::vmm_filters()?;
     RunningVm::start(config).context("cannot start the microVM")
 }
 
@@ -196,6 +199,7 @@ fn start_warm(
             vsock: Some(vsock_config(m)),
             shares: (0..SHARE_SLOTS).map(|i| m.shares.get(i).cloned()).collect(),
             net: m.net_config()?,
+            seccomp: crate::confine::vmm_filters()?,
         })?)
     };
     let vm = match restore(&tpl.dir) {

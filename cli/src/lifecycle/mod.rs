@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod boot;
+pub mod console_log;
 pub mod control;
 pub mod create;
 pub mod delete;

@@ -43,9 +43,11 @@ pub fn launch(root: &Root, id: &str, stdio: MonitorStdio) -> anyhow::Result<u32>
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     let mut cmd = Command::new(std::env::current_exe().context("cannot find our own binary")?);
-    cmd.arg("--root")
-        .arg(root.path())
-        .arg("monitor")
+    cmd.arg("--root").arg(root.path());
+    if crate::confine::seccomp() == crate::confine::SeccompMode::Off {
+        cmd.args(["--seccomp", "off"]);
+    }
+    cmd.arg("monitor")
         .arg(id)
         .env(READY_FD_ENV, ready_w.as_raw_fd().to_string());
     let terminal = matches!(stdio, MonitorStdio::Terminal(_));

@@ -27,10 +27,21 @@ pub struct RunDir {
     _lock: Flock<File>,
 }
 
+/// Where run directories live.
+fn base() -> PathBuf {
+    paths::root().join("run")
+}
+
+/// Removes the directories of dead runs (what `bulkhead gc` does, and
+/// every new run first); returns how many went.
+pub fn sweep_dead() -> usize {
+    sweep(&base())
+}
+
 impl RunDir {
     /// Sweeps the directories of dead runs, then makes this run's.
     pub fn create() -> anyhow::Result<RunDir> {
-        let base = paths::root().join("run");
+        let base = base();
         std::fs::create_dir_all(&base)
             .with_context(|| format!("cannot create {}", base.display()))?;
         sweep(&base);
@@ -73,16 +84,18 @@ fn lock(dir: &Path) -> anyhow::Result<Flock<File>> {
 
 /// Removes the run directories in `base` that no live run holds. Errors
 /// are ignored: a directory that cannot be swept now is tried next time.
-fn sweep(base: &Path) {
+fn sweep(base: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(base) else {
-        return;
+        return 0;
     };
+    let mut swept = 0;
     for dir in entries.flatten().map(|e| e.path()) {
         if is_abandoned(&dir) {
             log::debug!("removing the directory of a dead run: {}", dir.display());
-            let _ = std::fs::remove_dir_all(&dir);
+            swept += usize::from(std::fs::remove_dir_all(&dir).is_ok());
         }
     }
+    swept
 }
 
 fn is_abandoned(dir: &Path) -> bool {

@@ -41,6 +41,9 @@ pub struct Global {
     /// in its own guest kernel, the host sees only the VM's process.
     #[arg(long = "systemd-cgroup", global = true)]
     pub systemd_cgroup: bool,
+    /// seccomp filters on the VMM's threads; `off` is for debugging only.
+    #[arg(long, global = true, value_enum, default_value_t = crate::confine::SeccompMode::On)]
+    pub seccomp: crate::confine::SeccompMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

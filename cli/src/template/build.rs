@@ -17,6 +17,9 @@ use crate::share;
 /// Boots on PVM hosts take tens of seconds; on real hosts well under one.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How a build's work directory is named: `<prefix><key>-<random>`.
+pub const WORK_PREFIX: &str = ".build-";
+
 /// Builds the template `key` for `spec` into `dir`, which must not exist.
 pub fn build(
     spec: &TemplateSpec,
@@ -26,7 +29,7 @@ pub fn build(
 ) -> anyhow::Result<()> {
     let base = dir.parent().context("template directory has no parent")?;
     let work = tempfile::Builder::new()
-        .prefix(&format!(".build-{key}-"))
+        .prefix(&format!("{WORK_PREFIX}{key}-"))
         .tempdir_in(base)
         .with_context(|| format!("cannot make a build directory in {}", base.display()))?;
     let snapshot_dir = work.path().join("snapshot");
@@ -88,6 +91,7 @@ fn boot_and_snapshot(
     let log = std::fs::File::create(console_log)
         .with_context(|| format!("cannot create {}", console_log.display()))?;
     let mut config = VmConfig::new(&spec.kernel);
+    config.seccomp = crate::confine::vmm_filters()?;
     config.initrd = Some(spec.initramfs.clone());
     config.mem_mib = spec.mem_mib;
     config.vcpus = spec.vcpus;

@@ -243,6 +243,7 @@ pub fn ensure(spec: &TemplateSpec, on_boot: OnBoot<'_>) -> anyhow::Result<Templa
         "making template {key} (first use: boots the guest once)"
     ));
     remove_made_by_other_builds(&base);
+    remove_dead_builds(&base, &key);
     build::build(spec, &key, &dir, on_boot)?;
     Ok(Template {
         key,
@@ -293,6 +294,52 @@ fn remove_dir(dir: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
     }
+}
+
+/// The work directories of builds of `key` that died (killed mid-boot):
+/// the caller holds the key's lock, so no live build owns any of them.
+fn remove_dead_builds(base: &Path, key: &str) -> usize {
+    let prefix = format!("{}{key}-", build::WORK_PREFIX);
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| remove_dir(&e.path()).is_ok())
+        .count()
+}
+
+/// Removes the work directories of dead template builds, for `bulkhead
+/// gc`: those of a key whose lock is free (no build of it is running).
+pub fn sweep_dead_builds() -> usize {
+    let base = templates_dir();
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return 0;
+    };
+    let keys: std::collections::BTreeSet<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(build::WORK_PREFIX)?;
+            Some(rest.rsplit_once('-')?.0.to_string())
+        })
+        .collect();
+    let mut swept = 0;
+    for key in keys {
+        let Ok(file) = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(base.join(format!(".{key}.lock")))
+        else {
+            continue;
+        };
+        if let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            swept += remove_dead_builds(&base, &key);
+        }
+    }
+    swept
 }
 
 /// Templates of another bulkhead build can never be restored by this one.

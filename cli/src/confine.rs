@@ -1,0 +1,56 @@
+//! How the VMs bulkhead runs are confined on the host: a seccomp filter on
+//! every VMM thread (see `bulkhead_vmm::seccomp`), on unless `--seccomp
+//! off` asks otherwise, which is for debugging only.
+
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use bulkhead_vmm::seccomp::{ThreadFilters, ThreadKind};
+use clap::ValueEnum;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    On,
+    Off,
+}
+
+/// A test hook: the named thread kind (`vcpu`, `event-loop`, `populate`)
+/// makes a forbidden syscall right after its filter is in.
+const PROBE_ENV: &str = "BULKHEAD_SECCOMP_PROBE";
+
+static MODE: OnceLock<SeccompMode> = OnceLock::new();
+static FILTERS: OnceLock<Arc<ThreadFilters>> = OnceLock::new();
+
+/// Set once, from the command line, before any VM is made.
+pub fn set_seccomp(mode: SeccompMode) {
+    let _ = MODE.set(mode);
+}
+
+pub fn seccomp() -> SeccompMode {
+    *MODE.get().unwrap_or(&SeccompMode::On)
+}
+
+/// The filters for a new VM's threads, compiled once per process; `None`
+/// when seccomp is off.
+pub fn vmm_filters() -> anyhow::Result<Option<Arc<ThreadFilters>>> {
+    if seccomp() == SeccompMode::Off {
+        return Ok(None);
+    }
+    if let Some(f) = FILTERS.get() {
+        return Ok(Some(f.clone()));
+    }
+    let mut filters = ThreadFilters::compile().context("cannot confine the VMM")?;
+    if let Some(kind) = probe_kind() {
+        filters = filters.with_probe(kind);
+    }
+    Ok(Some(FILTERS.get_or_init(|| Arc::new(filters)).clone()))
+}
+
+fn probe_kind() -> Option<ThreadKind> {
+    match std::env::var(PROBE_ENV).ok()?.as_str() {
+        "vcpu" => Some(ThreadKind::Vcpu),
+        "event-loop" => Some(ThreadKind::EventLoop),
+        "populate" => Some(ThreadKind::Populate),
+        _ => None,
+    }
+}

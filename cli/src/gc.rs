@@ -1,0 +1,28 @@
+//! `bulkhead gc`: gives back what bulkhead processes that died (even by
+//! SIGKILL) still hold on the host. Each part is also swept implicitly by
+//! the next command that needs it: run directories by the next run, a
+//! template's dead builds by its next build, network leases by the next
+//! lease.
+
+use anyhow::Context;
+
+use crate::lifecycle::run_dir;
+use crate::template;
+
+pub fn run() -> anyhow::Result<()> {
+    let runs = run_dir::sweep_dead();
+    if runs > 0 {
+        println!(
+            "removed {runs} run director{}",
+            if runs == 1 { "y" } else { "ies" }
+        );
+    }
+    let builds = template::sweep_dead_builds();
+    if builds > 0 {
+        println!(
+            "removed {builds} unfinished template build{}",
+            if builds == 1 { "" } else { "s" }
+        );
+    }
+    crate::network::gc().context("cannot sweep the networks")
+}
