@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod elf;
+pub mod leftovers;
 pub mod netns;
 pub mod oci;
 pub mod registry;
@@ -101,14 +102,18 @@ pub fn test_initramfs(dir: &Path) -> PathBuf {
 /// What a finished `bulkhead` invocation did.
 pub struct Run {
     pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Run {
     pub fn from_output(out: Output) -> Run {
+        use std::os::unix::process::ExitStatusExt;
         Run {
             code: out.status.code(),
+            signal: out.status.signal(),
             // The guest's console tty turns "\n" into "\r\n".
             stdout: String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -120,8 +125,8 @@ impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
+            "exit {:?} signal {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.signal, self.stdout, self.stderr
         )
     }
 }
@@ -351,8 +356,10 @@ impl Root {
             .stderr(err.reopen().unwrap())
             .status()
             .expect("run bulkhead");
+        use std::os::unix::process::ExitStatusExt;
         Run {
             code: status.code(),
+            signal: status.signal(),
             stdout: std::fs::read_to_string(out.path()).unwrap_or_default(),
             stderr: std::fs::read_to_string(err.path()).unwrap_or_default(),
         }

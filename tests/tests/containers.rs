@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bulkhead_tests::leftovers::processes_mentioning;
 use bulkhead_tests::{tempdir, Root, Run};
 use serde_json::json;
 
@@ -32,32 +33,6 @@ fn assert_nothing_left(root: &Root) {
         assert!(Instant::now() < deadline, "processes left behind: {live:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Live (not zombie) processes whose command line or environment mentions
-/// `needle`: monitors and virtiofsd get the root through their env.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if pid.parse::<u32>().is_err() || pid == std::process::id().to_string() {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let hit = |b: &[u8]| String::from_utf8_lossy(b).contains(needle);
-        if hit(&cmdline) || hit(&environ) {
-            out.push(format!(
-                "{pid}: {}",
-                String::from_utf8_lossy(&cmdline).replace('\0', " ")
-            ));
-        }
-    }
-    out
 }
 
 fn ok(run: &Run) {

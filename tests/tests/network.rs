@@ -6,6 +6,7 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
+use bulkhead_tests::leftovers::is_tap;
 use bulkhead_tests::netns::NetNs;
 use bulkhead_tests::{static_c_binary, tempdir, Root, Run};
 
@@ -54,17 +55,6 @@ fn assert_network_clean(root: &Root, ns: &NetNs, network: &str) {
     let (_, table) = ns.output(&["nft", "list", "table", "ip", "bulkhead"]);
     assert!(!table.contains("dnat"), "a published port is left: {table}");
     assert_eq!(endpoints(root, network), Vec::<serde_json::Value>::new());
-}
-
-/// Whether an `ip -o link` line is a container's TAP: `bh` and 12 hex
-/// digits (bridges are `bulkhead0` and `bh-NAME`).
-fn is_tap(line: &str) -> bool {
-    line.split(": ").nth(1).is_some_and(|name| {
-        let name = name.split(['@', ':']).next().unwrap_or("");
-        name.len() == 14
-            && name.starts_with("bh")
-            && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
-    })
 }
 
 #[test]

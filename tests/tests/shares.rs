@@ -305,6 +305,7 @@ fn killing_bulkhead_leaves_no_virtiofsd() {
     assert!(!serving.is_empty(), "no virtiofsd served the share");
     let run = Run {
         code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
         stdout: String::new(),
         stderr: String::new(),
     };

@@ -1,0 +1,273 @@
+//! The host's defences against a hostile guest, checked from outside: the
+//! seccomp filter on every VMM thread (a forbidden syscall kills with
+//! SIGSYS; `/proc` shows each thread confined). Real VMs restored from the
+//! suite's template.
+
+use std::path::Path;
+
+use bulkhead_tests::{Root, Run};
+
+fn ok(run: &Run) {
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+}
+
+const PROBE: &str = "BULKHEAD_SECCOMP_PROBE";
+
+#[test]
+fn a_forbidden_syscall_on_a_vmm_thread_kills_it_with_sigsys() {
+    let root = Root::new();
+    // The template is made first, so that the probes hit a restored VM.
+    ok(&root.bulkhead(&["run", "--network", "none", "busybox", "true"]));
+    for kind in ["vcpu", "event-loop"] {
+        let run = root.bulkhead_with_env(
+            &["run", "--network", "none", "busybox", "echo", "ran"],
+            &[(PROBE, kind)],
+        );
+        assert_eq!(run.signal, Some(libc::SIGSYS), "{kind}: {run:?}");
+        assert!(!run.stdout.contains("ran"), "{kind}: {run:?}");
+    }
+    // The probe is harmless where no filter stops it.
+    let off = root.bulkhead_with_env(
+        &[
+            "--seccomp",
+            "off",
+            "run",
+            "--network",
+            "none",
+            "busybox",
+            "echo",
+            "ran",
+        ],
+        &[(PROBE, "vcpu")],
+    );
+    ok(&off);
+    assert_eq!(off.stdout, "ran\n", "{off:?}");
+    // What the killed runs left is swept by the next command.
+    ok(&root.bulkhead(&["gc"]));
+    assert!(
+        root.leftover_runs().is_empty(),
+        "{:?}",
+        root.leftover_runs()
+    );
+}
+
+/// A field of a `/proc/…/status` file.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn every_vmm_thread_of_a_running_container_is_confined() {
+    let root = Root::new();
+    let args = [
+        "run",
+        "-d",
+        "--name",
+        "conf",
+        "--network",
+        "none",
+        "busybox",
+        "sleep",
+        "600",
+    ];
+    ok(&root.bulkhead(&args));
+    let inspect = root.bulkhead(&["inspect", "conf"]);
+    ok(&inspect);
+    let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    let pid = v[0]["State"]["Pid"].as_u64().expect("a monitor pid");
+
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    let mut confined = Vec::new();
+    for task in std::fs::read_dir(&tasks).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if comm != "vmm" && !comm.starts_with("vcpu") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        assert_eq!(status_field(&status, "Seccomp"), "2", "{comm}: {status}");
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{comm}: {status}");
+        let filters: u32 = status_field(&status, "Seccomp_filters").parse().unwrap();
+        assert!(filters >= 1, "{comm}: {status}");
+        confined.push(comm);
+    }
+    confined.sort();
+    assert_eq!(confined, ["vcpu0", "vmm"], "threads of {pid}");
+    ok(&root.bulkhead(&["rm", "-f", "conf"]));
+}
+
+/// A small xorshift: the campaign's kill points, reproducible from the
+/// seed it prints.
+struct Points(u64);
+
+impl Points {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below.max(1)
+    }
+}
+
+/// `BULKHEAD_KILL9_ITERATIONS` (default 6) runs killed with SIGKILL at a
+/// random point of their life, from the first moment to after the
+/// container's exit: during a template build, restore, the agent's
+/// setup, the container's run and the teardown. Then one `bulkhead gc`
+/// must leave nothing behind, and the named volume and the image store
+/// must be intact.
+#[test]
+fn kill_9_at_random_points_then_gc_leaves_nothing() {
+    use bulkhead_tests::leftovers::{is_tap, mounts_under, processes_mentioning};
+    use std::time::{Duration, Instant};
+
+    let iterations: u64 = std::env::var("BULKHEAD_KILL9_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill -9 campaign: {iterations} iterations, seed {seed}");
+    let mut points = Points(seed);
+    let root = Root::new();
+    let share = bulkhead_tests::tempdir();
+    std::fs::write(share.path().join("in"), "from the host").unwrap();
+    // How long a whole run takes here, to spread the kill points over it.
+    let started = Instant::now();
+    ok(&root.bulkhead(&[
+        "run",
+        "-v",
+        "data:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo 0 > /data/n",
+    ]));
+    let span_ms = started.elapsed().as_millis() as u64 + 1000;
+
+    // A template build killed midway: its private templates directory
+    // must hold no unfinished build after the sweep.
+    let own_templates = bulkhead_tests::tempdir();
+    let building = Root::with_templates(own_templates.path());
+    let mut child = building.spawn(&["run", "--network", "none", "busybox", "true"]);
+    std::thread::sleep(Duration::from_millis(2000 + points.next(8000)));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    ok(&building.bulkhead(&["gc"]));
+    let unfinished: Vec<_> = std::fs::read_dir(own_templates.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".build-"))
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "unfinished template builds left: {unfinished:?}"
+    );
+
+    let volume = format!("{}:/share:ro", share.path().display());
+    for i in 0..iterations {
+        let mut args = vec!["run", "-v", "data:/data"];
+        match i % 3 {
+            0 => args.extend(["--network", "none"]),
+            1 => args.extend(["-v", volume.as_str()]),
+            _ => {}
+        }
+        args.extend([
+            "busybox",
+            "sh",
+            "-c",
+            "n=$(cat /data/n); echo $((n+1)) > /data/n.new; mv /data/n.new /data/n; sync; ls /share >/dev/null 2>&1; true",
+        ]);
+        let at = points.next(span_ms);
+        let mut child = root.spawn(&args);
+        std::thread::sleep(Duration::from_millis(at));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().unwrap();
+        eprintln!("iteration {i}: killed at {at} ms of ~{span_ms} ({status})");
+    }
+
+    ok(&root.bulkhead(&["gc"]));
+    let needle = root.path().to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&needle).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes left: {:?}",
+            processes_mentioning(&needle)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        root.leftover_runs().is_empty(),
+        "{:?}",
+        root.leftover_runs()
+    );
+    assert_eq!(mounts_under(root.path()), Vec::<String>::new());
+    let (_, links) = root.netns().output(&["ip", "-o", "link", "show"]);
+    assert!(!links.lines().any(is_tap), "a TAP is left: {links}");
+    let (_, table) = root
+        .netns()
+        .output(&["nft", "-j", "list", "table", "ip", "bulkhead"]);
+    assert!(
+        !table.contains("\"elem\""),
+        "nft elements are left: {table}"
+    );
+
+    // The store still serves its image, the volume's journal is replayed by
+    // the run that mounts it, and the volume is then a clean ext4.
+    let after = root.bulkhead(&["run", "-v", "data:/data", "busybox", "cat", "/data/n"]);
+    ok(&after);
+    let n: u64 = after.stdout.trim().parse().unwrap_or(u64::MAX);
+    assert!(n <= iterations, "{after:?}");
+    let disk = root.path().join("volumes/data.ext4");
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -n {}: {}{}",
+        disk.display(),
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_guest_pids_limit() {
+    let root = Root::new();
+    // Builtins only once the limit is reached: no fork is left to spare.
+    let script = "for i in $(seq 40); do sleep 300 & done 2>/dev/null; \
+                  read n < /sys/fs/cgroup/pids.current; echo pids=$n; exit 7";
+    let run = root.bulkhead(&[
+        "run",
+        "--network",
+        "none",
+        "--pids-limit",
+        "16",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(run.code, Some(7), "{run:?}");
+    let pids: u32 = run
+        .stdout
+        .trim()
+        .strip_prefix("pids=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u32::MAX);
+    assert!(pids <= 16, "{run:?}");
+    root.assert_clean(&run);
+}
