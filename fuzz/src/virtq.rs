@@ -55,7 +55,7 @@ impl<'a> Input<'a> {
 
 /// Where queue `index` of a device with `size`-entry queues lives: queues
 /// back to back from address 0, each desc table, avail ring, used ring,
-/// aligned as virtio requires. `fuzz/gen_seeds.py` lays seeds out the same way.
+/// aligned as virtio requires. `fuzz/seeds/gen_seeds.py` lays seeds out the same way.
 #[derive(Clone, Copy, Debug)]
 pub struct Rings {
     pub desc: u64,
