@@ -111,6 +111,14 @@ pub(crate) fn open(reference: &ImageRef) -> Result<ImageSource, SourceError> {
     }
 }
 
+/// For fuzz/: opens `reference` as an import does (index, manifest and config parsed and
+/// checked, no layer read) and returns its layer count and runtime config.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_open(reference: &ImageRef) -> Result<(usize, crate::ImageConfig), SourceError> {
+    let source = open(reference)?;
+    Ok((source.layers.len(), (&source.config).into()))
+}
+
 /// One manifest an index points at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestChoice {

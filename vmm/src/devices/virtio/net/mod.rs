@@ -9,6 +9,8 @@
 mod buffers;
 mod device;
 mod event_handler;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod log_limit;
 pub mod persist;
 mod rx;

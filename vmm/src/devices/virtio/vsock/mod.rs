@@ -20,6 +20,9 @@ pub mod persist;
 mod tx_buf;
 
 pub use device::{Vsock, VsockError, DEFAULT_GUEST_CID, VSOCK_QUEUE_SIZE};
+/// For fuzz/: the muxer parses every header the guest sends.
+#[cfg(feature = "fuzzing")]
+pub use muxer::Muxer;
 pub use muxer::MAX_CONNECTIONS;
 pub use persist::VsockState;
 
