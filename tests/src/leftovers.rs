@@ -51,3 +51,46 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Host cgroups of VMs (`bulkhead-<run>-<pid>`, beside this process's
+/// own) whose process is gone.
+pub fn dead_vm_cgroups() -> Vec<std::path::PathBuf> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in membership.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, list, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(list), Some(path)) = (list, path) else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        let base = match list.split(',').next() {
+            Some("") | None => ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                .iter()
+                .map(Path::new)
+                .find(|p| p.join("cgroup.procs").exists())
+                .map(Path::to_path_buf),
+            Some(first) => Some(Path::new("/sys/fs/cgroup").join(first)),
+        };
+        if let Some(base) = base {
+            dirs.push(base.join(path));
+        }
+    }
+    let mut dead = Vec::new();
+    for dir in dirs {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("bulkhead-")
+                .and_then(|n| n.rsplit_once('-'))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid.to_string()).exists() {
+                dead.push(e.path());
+            }
+        }
+    }
+    dead
+}

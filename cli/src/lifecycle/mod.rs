@@ -20,6 +20,7 @@ pub mod create;
 pub mod delete;
 pub mod exec;
 pub mod hooks;
+pub mod host_cgroup;
 pub mod kill;
 pub mod monitor;
 pub mod network;
