@@ -14,20 +14,41 @@ const BURST: f64 = (512 << 10) as f64;
 
 pub struct ConsoleLog<W: Write> {
     out: W,
+    limits: Limits,
     written: u64,
     /// Bytes that may go out now (a token bucket).
     budget: f64,
     refilled: Instant,
+    /// Bytes dropped for going too fast since output last flowed whole.
     dropped: u64,
     full: bool,
 }
 
+#[derive(Clone, Copy)]
+struct Limits {
+    max_bytes: u64,
+    rate: f64,
+    burst: f64,
+}
+
 impl<W: Write> ConsoleLog<W> {
     pub fn new(out: W) -> Self {
+        Self::with_limits(
+            out,
+            Limits {
+                max_bytes: MAX_BYTES,
+                rate: RATE,
+                burst: BURST,
+            },
+        )
+    }
+
+    fn with_limits(out: W, limits: Limits) -> Self {
         ConsoleLog {
             out,
+            limits,
             written: 0,
-            budget: BURST,
+            budget: limits.burst,
             refilled: Instant::now(),
             dropped: 0,
             full: false,
@@ -37,16 +58,21 @@ impl<W: Write> ConsoleLog<W> {
     fn refill(&mut self) {
         let now = Instant::now();
         let secs = now.duration_since(self.refilled).as_secs_f64();
-        self.budget = (self.budget + secs * RATE).min(BURST);
+        self.budget = (self.budget + secs * self.limits.rate).min(self.limits.burst);
         self.refilled = now;
     }
 
+    /// A note of ours in the log, outside the guest's budget (the room
+    /// kept below the cap holds them).
     fn note(&mut self, text: &str) {
         if self.out.write_all(text.as_bytes()).is_ok() {
             self.written += text.len() as u64;
         }
     }
 }
+
+/// Room kept below the cap for our notes.
+const NOTE_ROOM: u64 = 256;
 
 impl<W: Write> Write for ConsoleLog<W> {
     /// Always takes all of `buf`: the guest's console never blocks on us.
@@ -55,27 +81,35 @@ impl<W: Write> Write for ConsoleLog<W> {
             return Ok(buf.len());
         }
         self.refill();
-        let room = MAX_BYTES.saturating_sub(self.written + 128);
-        let allowed = (self.budget.max(0.0) as u64).min(room) as usize;
-        let take = buf.len().min(allowed);
-        if take < buf.len() {
-            self.dropped += (buf.len() - take) as u64;
-        } else if self.dropped > 0 {
-            let n = std::mem::take(&mut self.dropped);
-            self.note(&format!(
-                "\n[bulkhead: {n} bytes of console output dropped: too fast]\n"
-            ));
-        }
+        let room = self
+            .limits
+            .max_bytes
+            .saturating_sub(self.written + NOTE_ROOM);
+        let by_rate = self.budget.max(0.0) as u64;
+        let take = (buf.len() as u64).min(by_rate).min(room) as usize;
         if take > 0 {
             self.out.write_all(&buf[..take])?;
             self.written += take as u64;
             self.budget -= take as f64;
         }
-        if room == 0 || (take < buf.len() && take == room as usize) {
+        if take == buf.len() {
+            if self.dropped > 0 {
+                let n = std::mem::take(&mut self.dropped);
+                self.note(&format!(
+                    "\n[bulkhead: {n} bytes of console output dropped: too fast]\n"
+                ));
+            }
+        } else if room <= by_rate {
             self.full = true;
             self.note(&format!(
-                "\n[bulkhead: console log full ({MAX_BYTES} bytes); the rest is dropped]\n"
+                "\n[bulkhead: console log full ({} bytes); the rest is dropped]\n",
+                self.limits.max_bytes
             ));
+        } else {
+            if self.dropped == 0 {
+                self.note("\n[bulkhead: console output too fast; dropping some]\n");
+            }
+            self.dropped += (buf.len() - take) as u64;
         }
         Ok(buf.len())
     }
@@ -90,16 +124,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_is_cut_at_the_bound_and_says_so() {
+    fn a_fast_flood_is_rate_limited_and_says_so() {
         let mut log = ConsoleLog::new(Vec::new());
         let chunk = vec![b'x'; 64 << 10];
-        for _ in 0..(2 * MAX_BYTES / chunk.len() as u64) {
+        for _ in 0..64 {
             assert_eq!(log.write(&chunk).unwrap(), chunk.len());
         }
-        let out = &log.out;
-        assert!(out.len() as u64 <= MAX_BYTES, "{} bytes kept", out.len());
-        let text = String::from_utf8_lossy(out);
-        assert!(text.contains("dropped"), "the drop is not noted");
+        let kept = log.out.len() as f64;
+        assert!(kept < BURST + RATE * 5.0, "{kept} bytes kept");
+        let text = String::from_utf8_lossy(&log.out);
+        assert!(text.contains("too fast"), "the drop is not noted");
+    }
+
+    #[test]
+    fn the_log_stops_at_its_cap_and_says_so() {
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            rate: 1e12,
+            burst: 1e12,
+        };
+        let mut log = ConsoleLog::with_limits(Vec::new(), limits);
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..64 {
+            assert_eq!(log.write(&chunk).unwrap(), chunk.len());
+        }
+        assert!(
+            log.out.len() as u64 <= limits.max_bytes,
+            "{}",
+            log.out.len()
+        );
+        let text = String::from_utf8_lossy(&log.out);
+        assert!(text.contains("console log full"), "the cap is not noted");
     }
 
     #[test]
