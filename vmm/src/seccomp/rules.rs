@@ -116,6 +116,7 @@ mod kvm {
     pub const RUN: u64 = io(0x80);
     pub const GET_REGS: u64 = ior(0x81, size_of::<kb::kvm_regs>());
     pub const GET_SREGS: u64 = ior(0x83, size_of::<kb::kvm_sregs>());
+    pub const TRANSLATE: u64 = iowr(0x85, size_of::<kb::kvm_translation>());
     pub const GET_MSRS: u64 = iowr(0x88, size_of::<kb::kvm_msrs>());
     pub const GET_FPU: u64 = ior(0x8c, size_of::<kb::kvm_fpu>());
     pub const GET_LAPIC: u64 = ior(0x8e, size_of::<kb::kvm_lapic_state>());
@@ -129,9 +130,9 @@ mod kvm {
     pub const GET_XCRS: u64 = ior(0xa6, size_of::<kb::kvm_xcrs>());
 }
 
-/// A vCPU's KVM calls: running the guest, and the registers a failure
-/// is reported with.
-const VCPU_IOCTLS: &[u64] = &[kvm::RUN, kvm::GET_REGS, kvm::GET_SREGS];
+/// A vCPU's KVM calls: running the guest, and the registers and code
+/// bytes (at the translated RIP) a failure is reported with.
+const VCPU_IOCTLS: &[u64] = &[kvm::RUN, kvm::GET_REGS, kvm::GET_SREGS, kvm::TRANSLATE];
 
 /// The event loop's: finishing a stopped vCPU's port I/O, and everything
 /// a snapshot saves; FIONBIO for sockets it accepts.
@@ -232,6 +233,7 @@ mod tests {
         assert_eq!(kvm::CHECK_EXTENSION, 0xae03);
         assert_eq!(kvm::GET_REGS, 0x8090_ae81);
         assert_eq!(kvm::GET_SREGS, 0x8138_ae83);
+        assert_eq!(kvm::TRANSLATE, 0xc018_ae85);
         assert_eq!(kvm::GET_MSRS, 0xc008_ae88);
         assert_eq!(kvm::GET_LAPIC, 0x8400_ae8e);
         assert_eq!(kvm::GET_XSAVE, 0x9000_aea4);

@@ -358,7 +358,6 @@ impl Vcpu {
     }
 }
 
-/// A running vCPU thread.
 /// Holds a new VM thread between its seccomp filter and its first guest
 /// instruction. Each thread reports on `confined` whether its filter is in;
 /// the VMM opens the gate once all have (or sets the stop flag first when
@@ -398,6 +397,7 @@ impl Gate {
     }
 }
 
+/// A running vCPU thread.
 pub struct VcpuHandle {
     handle: JoinHandle<Vcpu>,
 }
