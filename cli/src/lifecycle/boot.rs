@@ -44,7 +44,7 @@ pub struct Booted {
     pub console_log: PathBuf,
     /// The host cgroup this process (the VM and its virtiofsd) runs in;
     /// left once the VM and the virtiofsd above are gone.
-    _cgroup: super::host_cgroup::HostCgroup,
+    _cgroup: Option<super::host_cgroup::HostCgroup>,
     /// Holds `dir` open while the sockets are reached through it.
     _dir: Option<std::fs::File>,
 }
@@ -57,7 +57,9 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
     let initramfs = paths::agent_initramfs(&agent)?;
     // First, so that the virtiofsd started below are in it too.
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-    let cgroup = super::host_cgroup::HostCgroup::join(name.as_deref().unwrap_or("vm"));
+    let cgroup = plan
+        .host_cgroup
+        .then(|| super::host_cgroup::HostCgroup::join(name.as_deref().unwrap_or("vm")));
     // Sockets are bound by path; a deep `dir` is reached through a descriptor.
     let (dir, dir_fd) = super::control::socket_dir(dir)?;
     let dir = dir.as_path();

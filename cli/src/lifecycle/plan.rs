@@ -37,6 +37,10 @@ pub struct Plan {
     pub cold: bool,
     #[serde(default)]
     pub network: NetworkPlan,
+    /// Give the VM's process a host cgroup of its own. Not under an
+    /// engine: the engine made the container's cgroup and owns it.
+    #[serde(default)]
+    pub host_cgroup: bool,
 }
 
 impl Plan {

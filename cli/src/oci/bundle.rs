@@ -94,6 +94,7 @@ fn plan(spec: &Spec, bundle: &Path) -> anyhow::Result<Plan> {
         mem_mib: Plan::mem_mib_for(memory),
         cold: false,
         network: engine_network(spec),
+        host_cgroup: false,
     })
 }
 

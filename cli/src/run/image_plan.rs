@@ -200,6 +200,7 @@ pub fn plan(
         mem_mib: Plan::mem_mib_for(request.memory),
         cold: args.cold,
         network,
+        host_cgroup: true,
     })
 }
 
