@@ -14,7 +14,7 @@ export BULKHEAD_KERNEL=$kernel
 export BULKHEAD_BIN=$root/target/release/bulkhead
 export BULKHEAD_AGENT=$root/target/x86_64-unknown-linux-gnu/release/bulkhead-agent
 echo "[test] cargo test (kernel $kernel)" >&2
-cargo test --release --workspace 2>&1
+cargo test --release --workspace --no-fail-fast 2>&1
 echo "[test] fuzz smoke: every target in fuzz/ for 10 s over its corpus" >&2
 scripts/fuzz.sh 10
 echo "[test] all done in $(( $(date +%s) - start ))s" >&2

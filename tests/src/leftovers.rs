@@ -12,8 +12,7 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         if pid.parse::<u32>().is_err() || pid == std::process::id().to_string() {
             continue;
         }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
+        if !alive(&entry.path()) {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
@@ -27,6 +26,24 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether process `pid` still runs: any of its threads is not a zombie.
+/// The leader turns zombie as soon as its own thread exits, while the
+/// others (a vCPU leaving KVM_RUN, the event loop) still hold the
+/// process's files and locks.
+pub fn process_alive(pid: i32) -> bool {
+    alive(Path::new(&format!("/proc/{pid}")))
+}
+
+fn alive(proc_dir: &Path) -> bool {
+    let Ok(tasks) = std::fs::read_dir(proc_dir.join("task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        !stat.is_empty() && !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+    })
 }
 
 /// Whether an `ip -o link` line is a container's TAP: `bh` and 12 hex

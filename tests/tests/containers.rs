@@ -185,6 +185,54 @@ fn stop_kills_after_its_grace_and_rm_force_and_logs_follow() {
     assert_nothing_left(&root);
 }
 
+/// SIGKILL must win at once, as with runc (podman fails `rm -f` if the
+/// container outlives it by 5 s): a guest that has not reported the kill
+/// within the grace loses its VM. A grace of 0 ms makes every guest too
+/// slow, so the host's forced end is what ends this container.
+#[test]
+fn sigkill_ends_the_vm_when_the_guest_does_not_kill_in_time() {
+    let root = Root::new();
+    let run = root.bulkhead_with_env(
+        &[
+            "run",
+            "-d",
+            "--name",
+            "slow",
+            "busybox",
+            "sh",
+            "-c",
+            "echo up; sleep 1000",
+        ],
+        &[("BULKHEAD_KILL_GRACE_MS", "0")],
+    );
+    ok(&run);
+    wait_for_log(&root, "slow", "up\n");
+    let record = root.bulkhead(&["state", "slow"]);
+    ok(&record);
+    let pid = serde_json::from_str::<serde_json::Value>(&record.stdout).unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    ok(&root.bulkhead(&["kill", "slow", "KILL"]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "the monitor outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let inspect = root.bulkhead(&["inspect", "slow"]);
+    ok(&inspect);
+    let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(v[0]["State"]["Status"], "stopped", "{inspect:?}");
+    assert_eq!(v[0]["State"]["ExitCode"], 137, "{inspect:?}");
+    let logs = root.bulkhead(&["logs", "slow"]);
+    assert!(
+        logs.stdout.contains("did not end the container")
+            || logs.stderr.contains("did not end the container"),
+        "the VM was not ended by the host: {logs:?}"
+    );
+    ok(&root.bulkhead(&["rm", "slow"]));
+    assert_nothing_left(&root);
+}
+
 /// An OCI bundle with a busybox rootfs and `config.json` from `spec`,
 /// changed by `edit`.
 fn bundle(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
@@ -211,8 +259,7 @@ fn bundle(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'))
+    bulkhead_tests::leftovers::process_alive(pid)
 }
 
 #[test]

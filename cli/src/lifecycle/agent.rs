@@ -224,6 +224,11 @@ impl Session {
         self.writer.clone()
     }
 
+    /// Another handle on the connection, to end it from another thread.
+    pub fn socket(&self) -> std::io::Result<UnixStream> {
+        self.socket.try_clone()
+    }
+
     /// Copies output to our stdout/stderr until the process exits; calls
     /// `on_output` at the first byte of output.
     pub fn pump_output(&mut self, mut on_output: impl FnMut()) -> anyhow::Result<ExitStatus> {

@@ -3,7 +3,7 @@
 //! monitor process that outlives them), and `bench`.
 //!
 //! As in youki's libcontainer, each operation has its file: `create`
-//! (the VM up, the container built in it), `start`, `kill`, `exec`,
+//! (the VM up, the container built in it), `start`, `kill` (and SIGKILL's `kill_deadline`), `exec`,
 //! `pause` (and resume, and the process list), `delete`; `state` is the
 //! on-disk record every command locks. Below them: `plan` (what the VM is
 //! made of), `network` (its TAP and lease), `boot` (template restore or cold boot), `agent` (the vsock
@@ -22,6 +22,7 @@ pub mod exec;
 pub mod hooks;
 pub mod host_cgroup;
 pub mod kill;
+pub mod kill_deadline;
 pub mod monitor;
 pub mod network;
 pub mod pause;

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use super::agent::forward_stdin;
 use super::control::{self, Request};
 use super::create::{create, Created};
+use super::kill_deadline::KillDeadline;
 use super::plan::Plan;
 use super::signals::SignalRouter;
 use super::state::{self, write_exit, Exit, MonitorLock, Root};
@@ -145,7 +146,10 @@ fn serve(root: &Root, id: &str, ready: &mut ReadyPipe) -> anyhow::Result<Exit> {
     } else {
         None
     };
-    serve_kills(control, writer.clone());
+    let deadline = running
+        .kill_deadline()
+        .context("cannot watch the agent connection")?;
+    serve_kills(control, writer.clone(), deadline.clone());
     forward_stdin(writer);
     let status = match running.wait(|| {}) {
         Ok(status) => status,
@@ -153,6 +157,12 @@ fn serve(root: &Root, id: &str, ready: &mut ReadyPipe) -> anyhow::Result<Exit> {
     };
     let exit = Exit::from(status.termination);
     record(&dir, exit);
+    if deadline.forced() {
+        eprintln!(
+            "bulkhead: the guest did not end the container within {:?} of SIGKILL: its microVM was ended",
+            deadline.grace()
+        );
+    }
     if status.oom_killed {
         eprintln!("bulkhead: the container was killed: out of memory");
     }
@@ -204,31 +214,47 @@ fn await_start(
 }
 
 /// Serves `kill` (and refuses a second `start`) while the process runs.
+/// SIGKILL arms its deadline: the VM ends if the guest does not kill in
+/// time.
 fn serve_kills(
     control: control::Server,
     writer: std::sync::Arc<
         std::sync::Mutex<bulkhead_protocol::AgentWriter<std::os::unix::net::UnixStream>>,
     >,
+    deadline: KillDeadline,
 ) {
     std::thread::spawn(move || {
         while let Ok(incoming) = control.next() {
             let result = match incoming.request {
                 Some(Request::Start) => Err("the container is already running".to_string()),
                 Some(Request::Kill { signal: 0, .. }) => Ok(()),
-                Some(Request::Kill { signal, all }) => match writer.lock() {
-                    Ok(mut w) => if all {
-                        w.signal_all(signal)
-                    } else {
-                        w.signal(signal)
+                Some(Request::Kill { signal, all }) => {
+                    if signal == libc::SIGKILL {
+                        deadline.arm();
                     }
-                    .map_err(|e| format!("cannot signal the container: {e}")),
-                    Err(_) => Err("the container is gone".to_string()),
-                },
+                    relay_signal(&writer, signal, all)
+                }
                 None => Err("unknown request".to_string()),
             };
             incoming.reply(result);
         }
     });
+}
+
+fn relay_signal(
+    writer: &std::sync::Mutex<bulkhead_protocol::AgentWriter<std::os::unix::net::UnixStream>>,
+    signal: i32,
+    all: bool,
+) -> Result<(), String> {
+    match writer.lock() {
+        Ok(mut w) => if all {
+            w.signal_all(signal)
+        } else {
+            w.signal(signal)
+        }
+        .map_err(|e| format!("cannot signal the container: {e}")),
+        Err(_) => Err("the container is gone".to_string()),
+    }
 }
 
 /// Ends this process as the container's process ended: the same exit

@@ -14,6 +14,7 @@ use super::agent::Session;
 use super::boot::{Boot, Booted};
 use super::control::{self, Request};
 use super::create::Created;
+use super::kill_deadline::KillDeadline;
 use super::state::{Locked, Record, Status};
 
 /// Starts a container made by `create_detached`: its monitor runs the
@@ -36,6 +37,7 @@ pub fn start(c: &Locked) -> anyhow::Result<Record> {
 pub struct Running {
     booted: Booted,
     session: Session,
+    deadline: Option<KillDeadline>,
 }
 
 impl Created {
@@ -43,7 +45,11 @@ impl Created {
     pub fn start(self) -> anyhow::Result<Running> {
         let Created { booted, pending } = self;
         match pending.start() {
-            Ok(session) => Ok(Running { booted, session }),
+            Ok(session) => Ok(Running {
+                booted,
+                session,
+                deadline: None,
+            }),
             Err(e) => Err(booted.explain(e)),
         }
     }
@@ -55,11 +61,32 @@ impl Running {
         self.session.writer()
     }
 
+    /// The deadline a SIGKILL arms, for the thread serving `kill`; the
+    /// wait below honours it.
+    pub fn kill_deadline(&mut self) -> std::io::Result<KillDeadline> {
+        let deadline = KillDeadline::new(self.session.socket()?);
+        self.deadline = Some(deadline.clone());
+        Ok(deadline)
+    }
+
     /// Copies the process's output to our stdout/stderr until it exits;
     /// calls `on_output` at its first byte. A lost guest ends the VM and
-    /// says why.
+    /// says why; a SIGKILL whose deadline passed is death by SIGKILL.
     pub fn wait(&mut self, on_output: impl FnMut()) -> Result<ExitStatus, anyhow::Error> {
-        self.session.pump_output(on_output)
+        let result = self.session.pump_output(on_output);
+        match &self.deadline {
+            Some(deadline) if result.is_err() && deadline.forced() => Ok(ExitStatus {
+                termination: bulkhead_protocol::Termination::Signaled {
+                    signal: libc::SIGKILL,
+                },
+                oom_killed: false,
+            }),
+            Some(deadline) => {
+                deadline.exited();
+                result
+            }
+            None => result,
+        }
     }
 
     /// Ends a run whose wait failed, explaining the failure.
@@ -87,8 +114,15 @@ impl Running {
     /// the volumes nothing in the guest is worth a clean shutdown: the
     /// host ends the VM rather than the guest's slow reboot path.
     pub fn end(self) -> Result<VmExit, RunError> {
-        let Running { booted, session } = self;
-        let result = if session.shutdown() {
+        let Running {
+            booted,
+            session,
+            deadline,
+        } = self;
+        let result = if deadline.is_some_and(|d| d.forced()) {
+            // The guest did not kill in time; it gets no say now.
+            booted.vm.kill()
+        } else if session.shutdown() {
             booted.vm.kill()
         } else {
             booted.vm.finish(Duration::from_secs(10))
