@@ -1,6 +1,7 @@
 //! How the VMs bulkhead runs are confined on the host: a seccomp filter on
 //! every VMM thread (see `bulkhead_vmm::seccomp`), on unless `--seccomp
-//! off` asks otherwise, which is for debugging only.
+//! off` asks otherwise, which is for debugging only; and no core dumps of
+//! a process that holds a VM, whose core would be the tenant's memory.
 
 use std::sync::{Arc, OnceLock};
 
@@ -31,8 +32,10 @@ pub fn seccomp() -> SeccompMode {
 }
 
 /// The filters for a new VM's threads, compiled once per process; `None`
-/// when seccomp is off.
+/// when seccomp is off. Called before each VM is made, so it also turns
+/// core dumps off for this process.
 pub fn vmm_filters() -> anyhow::Result<Option<Arc<ThreadFilters>>> {
+    no_core_dumps()?;
     if seccomp() == SeccompMode::Off {
         return Ok(None);
     }
@@ -53,4 +56,11 @@ fn probe_kind() -> Option<ThreadKind> {
         "populate" => Some(ThreadKind::Populate),
         _ => None,
     }
+}
+
+/// RLIMIT_CORE 0, soft and hard: a crash must not write guest memory to
+/// the host's disk, nor may anything in this process raise the limit back.
+fn no_core_dumps() -> anyhow::Result<()> {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .context("cannot turn core dumps off")
 }

@@ -343,6 +343,19 @@ fn podman_publishes_a_port_of_the_microvm() {
     );
 }
 
+impl Drop for World {
+    /// Whatever an engine left mounted in the world (podman's shm and
+    /// overlay mounts after a failed test) goes, so its directory can.
+    fn drop(&mut self) {
+        for mount in bulkhead_tests::leftovers::mounts_under(self.path())
+            .iter()
+            .rev()
+        {
+            let _ = Command::new("umount").args(["-l", mount]).status();
+        }
+    }
+}
+
 /// A daemon in its own process group, killed with it when dropped.
 struct Daemon {
     child: std::process::Child,

@@ -104,6 +104,17 @@ fn every_vmm_thread_of_a_running_container_is_confined() {
     // us make one; on ours it does).
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cgroups.contains("/bulkhead-"), "{cgroups}");
+    // Its core would be the guest's memory: it dumps none.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_default();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{limits}"
+    );
     ok(&root.bulkhead(&["rm", "-f", "conf"]));
 }
 

@@ -15,9 +15,55 @@ use bulkhead_protocol::{
 
 use super::vm::RunningVm;
 
-/// How long the guest may take from KVM_RUN to a listening agent. Boots on
-/// PVM hosts take tens of seconds; on real hosts, well under one.
+/// How long the guest may take from KVM_RUN to a listening agent, and then
+/// to each answer while the container is set up. Boots on PVM hosts take
+/// tens of seconds; on real hosts, well under one. A guest past it is hung
+/// (or hostile): the run fails and its VM is ended.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Overrides [`AGENT_TIMEOUT`], in seconds.
+pub const AGENT_TIMEOUT_ENV: &str = "BULKHEAD_AGENT_TIMEOUT";
+
+fn agent_timeout() -> Duration {
+    std::env::var(AGENT_TIMEOUT_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(AGENT_TIMEOUT, Duration::from_secs)
+}
+
+fn no_answer() -> anyhow::Error {
+    anyhow::anyhow!(
+        "the guest agent did not answer within {}s",
+        agent_timeout().as_secs()
+    )
+}
+
+/// A request/reply exchange with the agent, each reply bounded by the
+/// agent timeout; a reply that never comes is a hung guest.
+fn within_timeout<T>(
+    socket: &UnixStream,
+    exchange: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    socket.set_read_timeout(Some(agent_timeout()))?;
+    let result = exchange().map_err(|e| {
+        let timed_out = e.chain().any(|cause| {
+            cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            })
+        });
+        if timed_out {
+            // `e` says what it was waiting for ("agent handshake failed").
+            no_answer().context(e.to_string())
+        } else {
+            e
+        }
+    });
+    // What follows (the process's output, its exit) may take any time.
+    socket.set_read_timeout(None)?;
+    result
+}
 
 /// Opens a stream to the agent's vsock port through the VMM's Unix socket,
 /// retrying while the guest boots. Fails early if the VM ends.
@@ -32,17 +78,14 @@ pub fn connect_side(uds: &Path) -> anyhow::Result<UnixStream> {
 }
 
 fn connect_while(uds: &Path, alive: impl Fn() -> bool) -> anyhow::Result<UnixStream> {
-    let deadline = Instant::now() + AGENT_TIMEOUT;
+    let deadline = Instant::now() + agent_timeout();
     let mut delay = Duration::from_millis(20);
     loop {
         if !alive() {
             bail!("the microVM stopped before its agent came up");
         }
         if Instant::now() > deadline {
-            bail!(
-                "the guest agent did not answer within {}s",
-                AGENT_TIMEOUT.as_secs()
-            );
+            return Err(no_answer());
         }
         if let Some(stream) = try_connect(uds)? {
             return Ok(stream);
@@ -145,22 +188,25 @@ impl Pending {
     ) -> anyhow::Result<Pending> {
         let socket = stream.try_clone()?;
         let mut client = AgentClient::new(stream);
-        client.handshake().context("agent handshake failed")?;
-        if let Some(r) = refresh {
-            client
-                .refresh(&r.entropy, r.realtime_ns, r.hostname.as_deref())
-                .context("cannot refresh the restored guest")?;
-        }
-        client.create(spec).context("cannot create the container")?;
+        within_timeout(&socket, || {
+            client.handshake().context("agent handshake failed")?;
+            if let Some(r) = refresh {
+                client
+                    .refresh(&r.entropy, r.realtime_ns, r.hostname.as_deref())
+                    .context("cannot refresh the restored guest")?;
+            }
+            client.create(spec).context("cannot create the container")?;
+            Ok(())
+        })?;
         Ok(Pending { client, socket })
     }
 
     /// Runs the container's process; returns once it runs.
     pub fn start(mut self) -> anyhow::Result<Session> {
-        let started = self
-            .client
-            .start_traced()
-            .context("cannot start the container")?;
+        let client = &mut self.client;
+        let started = within_timeout(&self.socket, || {
+            client.start_traced().context("cannot start the container")
+        })?;
         let guest_times = started.times.map(|t| (t, Instant::now()));
         Session::waiting(self.client, self.socket, guest_times, started.steps)
     }
@@ -173,10 +219,10 @@ impl Session {
         let stream = connect_side(uds)?;
         let socket = stream.try_clone()?;
         let mut client = AgentClient::new(stream);
-        client.handshake().context("agent handshake failed")?;
-        client
-            .exec(process)
-            .context("cannot exec in the container")?;
+        within_timeout(&socket, || {
+            client.handshake().context("agent handshake failed")?;
+            client.exec(process).context("cannot exec in the container")
+        })?;
         Session::waiting(client, socket, None, Vec::new())
     }
 
@@ -202,7 +248,10 @@ impl Session {
 
 /// A one-request side connection to the agent of the VM behind `uds`.
 pub fn side_client(uds: &Path) -> anyhow::Result<AgentClient<UnixStream>> {
-    let mut client = AgentClient::new(connect_side(uds)?);
+    let stream = connect_side(uds)?;
+    // Its one request is answered at once by a healthy agent.
+    stream.set_read_timeout(Some(agent_timeout()))?;
+    let mut client = AgentClient::new(stream);
     client.handshake().context("agent handshake failed")?;
     Ok(client)
 }

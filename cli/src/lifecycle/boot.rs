@@ -241,7 +241,8 @@ fn is_template_fault(e: &anyhow::Error) -> bool {
 
 impl Booted {
     /// Explains a VM that died or an agent that never answered, with the
-    /// end of the guest console (where the kernel says why); or, if a
+    /// end of the guest console (where the kernel says why; a kernel panic
+    /// becomes the message itself); or, if a
     /// virtiofsd died, with what it said (the guest only saw its files go
     /// away). Ends the VM.
     pub fn explain(mut self, e: anyhow::Error) -> anyhow::Error {
@@ -250,7 +251,10 @@ impl Booted {
             return failed.into();
         }
         let tail = super::agent::console_tail(&self.console_log, 15);
-        let mut msg = format!("{e:#}");
+        let mut msg = match super::console_log::kernel_panic(&self.console_log) {
+            Some(reason) => format!("the guest kernel panicked: {reason}"),
+            None => format!("{e:#}"),
+        };
         if let Err(vm_err) = ended {
             msg.push_str(&format!(": {vm_err}"));
         }

@@ -4,6 +4,7 @@
 //! it does. What is dropped is said once, in the log itself.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 /// The most a VM's console log may hold.
@@ -11,6 +12,21 @@ pub const MAX_BYTES: u64 = 4 << 20;
 /// Sustained bytes per second, after a burst of [`BURST`].
 const RATE: f64 = (64 << 10) as f64;
 const BURST: f64 = (512 << 10) as f64;
+
+const PANIC_MARK: &str = "Kernel panic - not syncing: ";
+
+/// Why the guest kernel panicked, if the console log at `path` says it
+/// did: the reason of its last panic line.
+pub fn kernel_panic(path: &Path) -> Option<String> {
+    let log = std::fs::read(path).ok()?;
+    panic_reason(&String::from_utf8_lossy(&log))
+}
+
+fn panic_reason(log: &str) -> Option<String> {
+    let line = log.lines().rev().find(|l| l.contains(PANIC_MARK))?;
+    let reason = &line[line.find(PANIC_MARK)? + PANIC_MARK.len()..];
+    Some(reason.trim().to_string())
+}
 
 pub struct ConsoleLog<W: Write> {
     out: W,
@@ -166,5 +182,15 @@ mod tests {
         let text = String::from_utf8(log.out).unwrap();
         assert_eq!(text.lines().count(), 1000);
         assert!(!text.contains("bulkhead:"));
+    }
+
+    #[test]
+    fn a_panic_line_gives_its_reason() {
+        let log = "[    1.0] ok\n[   26.98] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\n[   27.01] Call Trace:\n";
+        assert_eq!(
+            panic_reason(log).as_deref(),
+            Some("Attempted to kill init! exitcode=0x00000000")
+        );
+        assert_eq!(panic_reason("[ 1.0] all well\n"), None);
     }
 }

@@ -231,7 +231,7 @@ pub fn ensure(spec: &TemplateSpec, on_boot: OnBoot<'_>) -> anyhow::Result<Templa
         });
     }
     std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
-    let _lock = lock(&base.join(format!(".{key}.lock")))?;
+    let _lock = lock(&key_lock(&base, &key))?;
     if is_complete(&dir) {
         return Ok(Template {
             key,
@@ -264,7 +264,7 @@ pub fn rebuild(
         broken.key
     ));
     let base = templates_dir();
-    let _lock = lock(&base.join(format!(".{}.lock", broken.key)))?;
+    let _lock = lock(&key_lock(&base, &broken.key))?;
     remove_dir(&broken.dir)?;
     build::build(spec, &broken.key, &broken.dir, on_boot)?;
     Ok(Template {
@@ -277,15 +277,28 @@ fn is_complete(dir: &Path) -> bool {
     dir.join(META_FILE).is_file()
 }
 
+/// The lock every build, repair and sweep of `key` holds.
+fn key_lock(base: &Path, key: &str) -> PathBuf {
+    base.join(format!(".{key}.lock"))
+}
+
 fn lock(path: &Path) -> anyhow::Result<Flock<File>> {
+    lock_with(path, FlockArg::LockExclusive)
+}
+
+/// The lock at `path` if no one holds it now.
+fn try_lock(path: &Path) -> anyhow::Result<Flock<File>> {
+    lock_with(path, FlockArg::LockExclusiveNonblock)
+}
+
+fn lock_with(path: &Path, how: FlockArg) -> anyhow::Result<Flock<File>> {
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+    Flock::lock(file, how).map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
 }
 
 fn remove_dir(dir: &Path) -> anyhow::Result<()> {
@@ -327,15 +340,7 @@ pub fn sweep_dead_builds() -> usize {
         .collect();
     let mut swept = 0;
     for key in keys {
-        let Ok(file) = File::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(base.join(format!(".{key}.lock")))
-        else {
-            continue;
-        };
-        if let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        if let Ok(_lock) = try_lock(&key_lock(&base, &key)) {
             swept += remove_dead_builds(&base, &key);
         }
     }
