@@ -130,12 +130,25 @@ mod kvm {
     pub const GET_XCRS: u64 = ior(0xa6, size_of::<kb::kvm_xcrs>());
 }
 
-/// A vCPU's KVM calls: running the guest, and the registers and code
-/// bytes (at the translated RIP) a failure is reported with.
-const VCPU_IOCTLS: &[u64] = &[kvm::RUN, kvm::GET_REGS, kvm::GET_SREGS, kvm::TRANSLATE];
+/// Telling the TAP which offloads the guest acked: virtio-net activation,
+/// which follows the guest driver's DRIVER_OK write on a vCPU (a cold
+/// boot, or a guest that resets the device).
+const TUN_SET_OFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
-/// The event loop's: finishing a stopped vCPU's port I/O, and everything
-/// a snapshot saves; FIONBIO for sockets it accepts.
+/// A vCPU's KVM calls: running the guest, and the registers and code
+/// bytes (at the translated RIP) a failure is reported with; and the
+/// TAP's offloads, set when the guest activates virtio-net.
+const VCPU_IOCTLS: &[u64] = &[
+    kvm::RUN,
+    kvm::GET_REGS,
+    kvm::GET_SREGS,
+    kvm::TRANSLATE,
+    TUN_SET_OFFLOAD,
+];
+
+/// The event loop's: finishing a stopped vCPU's port I/O (a device write
+/// among them, so the TAP's offloads too), and everything a snapshot
+/// saves; FIONBIO for sockets it accepts.
 const EVENT_LOOP_IOCTLS: &[u64] = &[
     kvm::RUN,
     kvm::CHECK_EXTENSION,
@@ -157,6 +170,7 @@ const EVENT_LOOP_IOCTLS: &[u64] = &[
     kvm::GET_XSAVE,
     kvm::GET_XCRS,
     libc::FIONBIO,
+    TUN_SET_OFFLOAD,
 ];
 
 pub fn event_loop() -> Result<Rules, BackendError> {
