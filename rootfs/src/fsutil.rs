@@ -15,6 +15,8 @@ pub(crate) fn open_in_root(root: &Path, rel: &Path, flags: OFlag) -> io::Result<
     open_beneath(&root_fd, rel, flags)
 }
 
+const OPENAT2_RETRIES: u32 = 64;
+
 /// [`open_in_root`] against an already open root directory.
 pub(crate) fn open_beneath(root: &impl AsRawFd, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
     let rel = rel.strip_prefix("/").unwrap_or(rel);
@@ -27,7 +29,16 @@ pub(crate) fn open_beneath(root: &impl AsRawFd, rel: &Path, flags: OFlag) -> io:
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(Mode::empty())
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(root.as_raw_fd(), rel, how).map_err(io::Error::from)?;
+    // A `..` resolved in the root fails with EAGAIN whenever any rename or
+    // mount happens on the host meanwhile (the kernel cannot tell it was
+    // harmless); openat2(2) asks callers to retry, a few times suffices.
+    let mut tries = 0;
+    let fd = loop {
+        match openat2(root.as_raw_fd(), rel, how) {
+            Err(nix::errno::Errno::EAGAIN) if tries < OPENAT2_RETRIES => tries += 1,
+            result => break result.map_err(io::Error::from)?,
+        }
+    };
     // SAFETY: openat2 just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
