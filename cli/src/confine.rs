@@ -1,7 +1,9 @@
-//! How the VMs bulkhead runs are confined on the host: a seccomp filter on
-//! every VMM thread (see `bulkhead_vmm::seccomp`), on unless `--seccomp
-//! off` asks otherwise, which is for debugging only; and no core dumps of
-//! a process that holds a VM, whose core would be the tenant's memory.
+//! How the VMs bulkhead runs are confined on the host: each VMM in a jail
+//! of its own (see `crate::jail`), a seccomp filter on every VMM thread
+//! (see `bulkhead_vmm::seccomp`), both on unless `--jail off` or
+//! `--seccomp off` ask otherwise, which is for debugging only; and no core
+//! dumps of a process that holds a VM, whose core would be the tenant's
+//! memory.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,11 +17,18 @@ pub enum SeccompMode {
     Off,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JailMode {
+    On,
+    Off,
+}
+
 /// A test hook: the named thread kind (`vcpu`, `event-loop`, `populate`)
 /// makes a forbidden syscall right after its filter is in.
 const PROBE_ENV: &str = "BULKHEAD_SECCOMP_PROBE";
 
 static MODE: OnceLock<SeccompMode> = OnceLock::new();
+static JAIL: OnceLock<JailMode> = OnceLock::new();
 static FILTERS: OnceLock<Arc<ThreadFilters>> = OnceLock::new();
 
 /// Set once, from the command line, before any VM is made.
@@ -29,6 +38,15 @@ pub fn set_seccomp(mode: SeccompMode) {
 
 pub fn seccomp() -> SeccompMode {
     *MODE.get().unwrap_or(&SeccompMode::On)
+}
+
+/// Set once, from the command line, before any VM is made.
+pub fn set_jail(mode: JailMode) {
+    let _ = JAIL.set(mode);
+}
+
+pub fn jail() -> JailMode {
+    *JAIL.get().unwrap_or(&JailMode::On)
 }
 
 /// The filters for a new VM's threads, compiled once per process; `None`

@@ -5,6 +5,7 @@ mod boot;
 mod confine;
 mod gc;
 mod image;
+mod jail;
 mod lifecycle;
 mod logger;
 mod network;
@@ -99,6 +100,9 @@ enum Command {
     /// Hold a container's VM for its life (started by `create`).
     #[command(hide = true)]
     Monitor { id: String },
+    /// A container's VMM in its jail (started by the container's process).
+    #[command(name = "jailed-vmm", hide = true)]
+    JailedVmm,
 
     // The Docker-like commands on containers `run -d` started.
     /// List containers (`-a`: also stopped); with an id, its processes.
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(argv());
     let g = &cli.global;
     confine::set_seccomp(g.seccomp);
+    confine::set_jail(g.jail);
     if g.debug && g.systemd_cgroup {
         eprintln!("bulkhead: --systemd-cgroup ignored: the container's cgroup is in its guest");
     }
@@ -177,6 +182,7 @@ fn main() -> ExitCode {
         Command::Spec { bundle, .. } => oci(oci::spec(bundle.as_deref())),
         Command::Features => oci(oci::features()),
         Command::OciRun(args) => oci_code(oci::run_bundle(g, &args)),
+        Command::JailedVmm => jail::inside::main(),
         Command::Monitor { id } => lifecycle::monitor::main(&g.root(), &id),
         Command::Ps(args) => oci(service::ps(g, &args)),
         Command::Logs(args) => oci(service::logs(g, &args)),

@@ -1,8 +1,10 @@
 //! The host's defences against a hostile guest, checked from outside: the
 //! seccomp filter on every VMM thread (a forbidden syscall kills with
-//! SIGSYS; `/proc` shows each thread confined), the VM's host cgroup, a
-//! guest fork bomb, and `kill -9` at random points followed by `gc`. Real
-//! VMs restored from the suite's template.
+//! SIGSYS), the jail (`/proc` shows the VMM's process in namespaces of its
+//! own, pivoted into a root of its own, each thread unprivileged and
+//! confined), the VM's host cgroup, a guest fork bomb, and `kill -9` at
+//! random points followed by `gc`. Real VMs restored from the suite's
+//! template.
 
 use std::path::Path;
 
@@ -20,26 +22,24 @@ fn a_forbidden_syscall_on_a_vmm_thread_kills_it_with_sigsys() {
     let root = Root::new();
     // The template is made first, so that the probes hit a restored VM.
     ok(&root.bulkhead(&["run", "--network", "none", "busybox", "true"]));
+    let echo = ["run", "--network", "none", "busybox", "echo", "ran"];
     for kind in ["vcpu", "event-loop"] {
-        let run = root.bulkhead_with_env(
-            &["run", "--network", "none", "busybox", "echo", "ran"],
-            &[(PROBE, kind)],
-        );
-        assert_eq!(run.signal, Some(libc::SIGSYS), "{kind}: {run:?}");
+        // The jailed VMM dies of it; the run says so and fails.
+        let run = root.bulkhead_with_env(&echo, &[(PROBE, kind)]);
+        assert_ne!(run.code, Some(0), "{kind}: {run:?}");
+        assert!(run.stderr.contains("killed by SIGSYS"), "{kind}: {run:?}");
         assert!(!run.stdout.contains("ran"), "{kind}: {run:?}");
+        root.assert_clean(&run);
     }
+    // Unjailed, the VMM's threads are the command's own: it dies of it.
+    let unjailed = root.bulkhead_with_env(
+        &[&["--jail", "off"][..], &echo].concat(),
+        &[(PROBE, "vcpu")],
+    );
+    assert_eq!(unjailed.signal, Some(libc::SIGSYS), "{unjailed:?}");
     // The probe is harmless where no filter stops it.
     let off = root.bulkhead_with_env(
-        &[
-            "--seccomp",
-            "off",
-            "run",
-            "--network",
-            "none",
-            "busybox",
-            "echo",
-            "ran",
-        ],
+        &[&["--seccomp", "off"][..], &echo].concat(),
         &[(PROBE, "vcpu")],
     );
     ok(&off);
@@ -83,39 +83,130 @@ fn every_vmm_thread_of_a_running_container_is_confined() {
     let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
     let pid = v[0]["State"]["Pid"].as_u64().expect("a monitor pid");
 
-    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    let vmm = jailed_vmm_below(pid).expect("a jailed VMM below the monitor");
+    let proc_dir = Path::new("/proc").join(vmm.to_string());
+
     let mut confined = Vec::new();
-    for task in std::fs::read_dir(&tasks).unwrap().flatten() {
+    for task in std::fs::read_dir(proc_dir.join("task")).unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         let comm = comm.trim().to_string();
-        if comm != "vmm" && !comm.starts_with("vcpu") {
-            continue;
-        }
         let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        for ids in ["Uid", "Gid"] {
+            let ids: Vec<u64> = status_field(&status, ids)
+                .split_whitespace()
+                .map(|i| i.parse().unwrap())
+                .collect();
+            assert_eq!(ids.len(), 4, "{comm}: {status}");
+            assert!(
+                ids.iter().all(|&i| i == ids[0] && i >= 1_000_000),
+                "{comm}: {status}"
+            );
+        }
+        assert_eq!(status_field(&status, "Groups"), "", "{comm}: {status}");
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(
+                status_field(&status, caps),
+                "0000000000000000",
+                "{comm} {caps}: {status}"
+            );
+        }
         assert_eq!(status_field(&status, "Seccomp"), "2", "{comm}: {status}");
         assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{comm}: {status}");
         let filters: u32 = status_field(&status, "Seccomp_filters").parse().unwrap();
         assert!(filters >= 1, "{comm}: {status}");
-        confined.push(comm);
+        if comm == "vmm" || comm.starts_with("vcpu") {
+            confined.push(comm);
+        }
     }
     confined.sort();
-    assert_eq!(confined, ["vcpu0", "vmm"], "threads of {pid}");
+    assert_eq!(confined, ["vcpu0", "vmm"], "threads of {vmm}");
+
+    // Its root holds only its VM's files; the host's tree is out of sight.
+    let mut root_entries: Vec<String> = std::fs::read_dir(proc_dir.join("root"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    root_entries.sort();
+    assert_eq!(
+        root_entries,
+        ["dev", "disk", "snapshot", "vm"],
+        "/ of {vmm}"
+    );
+    let dev: Vec<_> = std::fs::read_dir(proc_dir.join("root/dev"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(dev, ["kvm"], "/dev of {vmm}");
+    // Namespaces of its own, and it is PID 1 of its PID namespace.
+    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
+        let of = |p: &Path| std::fs::read_link(p.join("ns").join(ns)).unwrap();
+        assert_ne!(
+            of(&proc_dir),
+            of(Path::new("/proc/self")),
+            "{ns} namespace of {vmm}"
+        );
+    }
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+    let nspid = status_field(&status, "NSpid");
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "{status}");
+
     // The VM's process has a host cgroup of its own (where the host lets
     // us make one; on ours it does).
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroups = std::fs::read_to_string(proc_dir.join("cgroup")).unwrap();
     assert!(cgroups.contains("/bulkhead-"), "{cgroups}");
-    // Its core would be the guest's memory: it dumps none.
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap_or_default();
-    assert_eq!(
-        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
-        ["0", "0"],
-        "{limits}"
-    );
+    // Its core would be the guest's memory: it dumps none; and it may
+    // hold no more than a VMM's share of files and tasks.
+    let limits = std::fs::read_to_string(proc_dir.join("limits")).unwrap();
+    let limit = |name: &str| -> Vec<String> {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default();
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(limit("Max core file size"), ["0", "0"], "{limits}");
+    assert_eq!(limit("Max open files"), ["4096", "4096"], "{limits}");
+    assert_eq!(limit("Max processes"), ["256", "256"], "{limits}");
     ok(&root.bulkhead(&["rm", "-f", "conf"]));
+}
+
+/// The process below `pid` (its child's child) that runs a vCPU thread.
+fn jailed_vmm_below(pid: u64) -> Option<u64> {
+    let children = |p: u64| -> Vec<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten();
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u64>>()
+            })
+            .collect()
+    };
+    let mut todo = children(pid);
+    while let Some(p) = todo.pop() {
+        let has_vcpu = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("vcpu"))
+            });
+        if has_vcpu {
+            return Some(p);
+        }
+        todo.extend(children(p));
+    }
+    None
 }
 
 /// A small xorshift: the campaign's kill points, reproducible from the

@@ -28,7 +28,7 @@ use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_PORT_BASE, 
 use crate::devices::legacy::trigger::EventFdTrigger;
 use crate::devices::virtio::RestoreError as DeviceRestoreError;
 use crate::devices::virtio::{AttachedDevices, RestoreBackings, VirtioDevices};
-use crate::seccomp::{ThreadFilters, ThreadKind};
+use crate::seccomp::ThreadFilters;
 use crate::snapshot::{self, HostCpu, SnapshotError, SnapshotPaths};
 use crate::vmm::{VmParts, Vmm};
 use crate::vstate::kvm::{open_kvm, KvmError};
@@ -226,6 +226,7 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
     let host = HostCpu::of(&kvm)?;
     let state = snapshot::read_state(&config.snapshot_dir, &host)?;
     let paths = SnapshotPaths::in_dir(&config.snapshot_dir);
+    let mut populate = None;
     let mem = if config.shares.iter().any(Option::is_some) {
         // A backend maps guest memory too: the VM gets its own shareable
         // copy of the snapshot's data, which also leaves nothing to populate.
@@ -234,7 +235,8 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
     } else {
         let mem = snapshot::memory::restore_memory(&paths.memory, state.mem_size)
             .map_err(SnapshotError::from)?;
-        populate_in_background(&mem, &paths.memory, config.seccomp.clone());
+        // Opened now: the VM may run with less access than it is built with.
+        populate = File::open(&paths.memory).ok();
         mem
     };
     let vm = create_vm(&kvm, &mem)?;
@@ -274,38 +276,7 @@ pub fn restore(config: RestoreConfig) -> Result<Vmm, BuildError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let vmm = finish(kvm, vm, mem, wiring, serial, virtio, reset_evt, vcpus)?;
-    Ok(vmm.confined_by(config.seccomp))
-}
-
-/// Fills the host page table for the snapshot's data pages while the VM
-/// is set up and starts: the guest runs meanwhile, and pages it reaches
-/// first are faulted in by it as they would be anyway.
-fn populate_in_background(
-    mem: &vm_memory::GuestMemoryMmap,
-    path: &std::path::Path,
-    seccomp: Option<Arc<ThreadFilters>>,
-) {
-    let (mem, path) = (mem.clone(), path.to_path_buf());
-    let spawned = std::thread::Builder::new()
-        .name("populate".into())
-        .spawn(move || {
-            if let Some(Err(e)) = seccomp.map(|f| f.install(ThreadKind::Populate)) {
-                log::error!("{e}; guest memory is faulted in on demand instead");
-                return;
-            }
-            let start = std::time::Instant::now();
-            match snapshot::memory::populate_data(&mem, &path) {
-                Ok(bytes) => log::debug!(
-                    "populated {} MiB of guest memory in {:?}",
-                    bytes >> 20,
-                    start.elapsed()
-                ),
-                Err(e) => log::debug!("cannot populate guest memory: {e}"),
-            }
-        });
-    if let Err(e) = spawned {
-        log::debug!("cannot start populating guest memory: {e}");
-    }
+    Ok(vmm.confined_by(config.seccomp).populating(populate))
 }
 
 fn check_config(config: &VmConfig) -> Result<(), BuildError> {

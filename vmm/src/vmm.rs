@@ -1,7 +1,8 @@
 //! A built VM while it runs: the event loop on the calling thread, one
 //! thread per vCPU, and the decision of how the VM ended.
 
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -189,6 +190,9 @@ pub struct Vmm {
     mem: GuestMemoryMmap,
     kvm: Kvm,
     seccomp: Option<Arc<ThreadFilters>>,
+    /// The memory file of a restored VM, whose data pages a thread faults
+    /// in while the guest runs.
+    populate: Option<File>,
 }
 
 impl Vmm {
@@ -223,6 +227,7 @@ impl Vmm {
             mem: parts.mem,
             kvm: parts.kvm,
             seccomp: None,
+            populate: None,
         })
     }
 
@@ -232,8 +237,26 @@ impl Vmm {
         self
     }
 
+    /// Has [`Vmm::run`] fault in the data pages of `memory_file` beside
+    /// the guest.
+    pub(crate) fn populating(mut self, memory_file: Option<File>) -> Self {
+        self.populate = memory_file;
+        self
+    }
+
     pub fn stop_handle(&self) -> StopHandle {
         self.stop_handle.clone()
+    }
+
+    /// Stops the VM once `controller` becomes readable or hangs up: the
+    /// process that drives this VMM from another process writes to it to
+    /// stop the VM, and its death closes it, so a VM never outlives it.
+    pub fn stop_when_readable(&mut self, controller: OwnedFd) {
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(ControllerWatch {
+                fd: controller,
+                stop: self.stop_handle.clone(),
+            })));
     }
 
     pub fn snapshot_handle(&self) -> SnapshotHandle {
@@ -270,6 +293,9 @@ impl Vmm {
     /// requested. Returns how it ended; a guest failure is an error.
     pub fn run(mut self) -> Result<VmExit, RunError> {
         let stop = self.reports.stop.clone();
+        if let Some(file) = self.populate.take() {
+            populate_in_background(&self.mem, file, self.seccomp.clone());
+        }
         let handles = self.start_vcpus_confined()?;
 
         let ending = loop {
@@ -366,6 +392,54 @@ impl Vmm {
         }
         open.open();
         Ok(handles)
+    }
+}
+
+/// Fills the host page table for the snapshot's data pages while the
+/// guest starts: pages it reaches first are faulted in by it as they
+/// would be anyway.
+fn populate_in_background(mem: &GuestMemoryMmap, file: File, seccomp: Option<Arc<ThreadFilters>>) {
+    let mem = mem.clone();
+    let spawned = std::thread::Builder::new()
+        .name("populate".into())
+        .spawn(move || {
+            if let Some(Err(e)) = seccomp.map(|f| f.install(ThreadKind::Populate)) {
+                log::error!("{e}; guest memory is faulted in on demand instead");
+                return;
+            }
+            let start = Instant::now();
+            match snapshot::memory::populate_data(&mem, &file) {
+                Ok(bytes) => log::debug!(
+                    "populated {} MiB of guest memory in {:?}",
+                    bytes >> 20,
+                    start.elapsed()
+                ),
+                Err(e) => log::debug!("cannot populate guest memory: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        log::debug!("cannot start populating guest memory: {e}");
+    }
+}
+
+/// Stops the VM when its controlling descriptor has news: a request or
+/// the controller's end.
+struct ControllerWatch {
+    fd: OwnedFd,
+    stop: StopHandle,
+}
+
+impl MutEventSubscriber for ControllerWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch the VMM's controller: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, ops: &mut EventOps) {
+        self.stop.stop();
+        // Level-triggered: once is enough.
+        let _ = ops.remove(Events::new(&self.fd, EventSet::IN));
     }
 }
 

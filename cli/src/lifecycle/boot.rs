@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use bulkhead_vmm::builder::{BuildError, RestoreConfig};
-use bulkhead_vmm::config::{ConsoleOutput, DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
+use bulkhead_vmm::boot::pvm::PvmCompat;
 
 use super::network::{self, Attached};
 use super::plan::Plan;
 use super::signals::SignalRouter;
-use super::vm::RunningVm;
+use super::vm::{RunningVm, StartError};
+use super::vm_spec::{DiskSpec, NetSpec, Source, VmFiles, VmSpec};
 use crate::paths;
 use crate::share::{self, Shares};
-use crate::template::{self, TemplateSpec, SHARE_SLOTS};
+use crate::template::{self, TemplateSpec};
 
 /// How long a failed start waits for a dying virtiofsd's exit status, to
 /// blame it rather than what its death broke.
@@ -52,6 +52,7 @@ pub struct Booted {
 /// Starts `plan`'s VM with its files in `dir`. A signal that arrives
 /// meanwhile stops the VM (through `router`).
 pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Booted> {
+    let run_dir = dir;
     let kernel = paths::kernel()?;
     let agent = paths::agent()?;
     let initramfs = paths::agent_initramfs(&agent)?;
@@ -76,7 +77,7 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
         disks: plan
             .disks
             .iter()
-            .map(|d| DiskConfig {
+            .map(|d| DiskSpec {
                 path: d.path.clone(),
                 read_only: d.read_only,
             })
@@ -85,6 +86,7 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
         uds: dir.join(VSOCK_SOCKET),
         console_log: dir.join(CONSOLE_LOG),
         net: net.as_ref(),
+        run_dir: run_dir.to_path_buf(),
     };
     let started = if !plan.cold && plan.fits_a_template() {
         start_warm(&machine, &mut shares, &|stop| router.set_vm(stop))
@@ -100,9 +102,9 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
     if let Some(e) = shares.failure() {
         return Err(e.into());
     }
-    let stop = vm.stop_handle();
+    let stop = vm.stopper();
     shares.watch(move || stop.stop());
-    router.set_vm(vm.stop_handle());
+    router.set_vm(vm.stopper());
     let (uds, console_log) = (machine.uds, machine.console_log);
     Ok(Booted {
         vm,
@@ -122,67 +124,65 @@ struct Machine<'a> {
     initramfs: PathBuf,
     mem_mib: u64,
     /// Image (read-only), scratch, volumes: vda, vdb, vdc...
-    disks: Vec<DiskConfig>,
+    disks: Vec<DiskSpec>,
     /// The listening virtiofsd socket of each share, in tag order.
     shares: Vec<PathBuf>,
     uds: PathBuf,
     console_log: PathBuf,
     net: Option<&'a Attached>,
+    /// The container's directory (`uds` may reach it by a shorter path).
+    run_dir: PathBuf,
 }
 
 impl Machine<'_> {
-    /// The VM's own handle on the TAP (a retried restore gets another).
-    fn net_config(&self) -> anyhow::Result<Option<NetConfig>> {
-        self.net
-            .map(|n| {
-                Ok(NetConfig {
-                    tap: Some(
-                        n.tap
-                            .try_clone()
-                            .context("cannot share the TAP with the VM")?,
-                    ),
-                    mac: n.spec.mac,
-                })
-            })
-            .transpose()
+    fn spec(&self, source: Source) -> VmSpec {
+        VmSpec {
+            source,
+            disks: self.disks.clone(),
+            shares: self.shares.clone(),
+            uds: self.uds.clone(),
+            net: self.net.map(|n| NetSpec {
+                tap_name: n.tap.name().to_string(),
+                mac: n.spec.mac,
+            }),
+        }
     }
-}
 
-fn console_file(path: &Path) -> anyhow::Result<ConsoleOutput> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(ConsoleOutput::Writer(Box::new(
-        super::console_log::ConsoleLog::new(file),
-    )))
-}
+    /// The VM's own files: a new console log, its own handle on the TAP
+    /// (a retried restore gets another).
+    fn files(&self) -> anyhow::Result<VmFiles> {
+        let path = &self.console_log;
+        let console = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let tap = self
+            .net
+            .map(|n| {
+                n.tap
+                    .try_clone()
+                    .context("cannot share the TAP with the VM")
+            })
+            .transpose()?;
+        Ok(VmFiles { console, tap })
+    }
 
-fn vsock_config(m: &Machine<'_>) -> VsockConfig {
-    VsockConfig {
-        cid: 3,
-        uds_path: m.uds.clone(),
+    fn start(&self, source: Source) -> anyhow::Result<RunningVm> {
+        Ok(RunningVm::start(
+            &self.spec(source),
+            self.files()?,
+            &self.run_dir,
+        )?)
     }
 }
 
 /// Boots the guest kernel with the container's disks.
 fn start_cold(m: &Machine<'_>) -> anyhow::Result<RunningVm> {
-    let mut config = VmConfig::new(&m.kernel);
-    config.initrd = Some(m.initramfs.clone());
-    config.mem_mib = m.mem_mib;
-    config.console = console_file(&m.console_log)?;
-    config.vsock = Some(vsock_config(m));
-    config.disks = m.disks.clone();
-    config.shares = m
-        .shares
-        .iter()
-        .enumerate()
-        .map(|(i, socket)| FsConfig {
-            tag: share::tag(i),
-            socket: Some(socket.clone()),
-        })
-        .collect();
-    config.net = m.net_config()?;
-    config.seccomp = crate::confine::vmm_filters()?;
-    RunningVm::start(config).context("cannot start the microVM")
+    m.start(Source::Boot {
+        kernel: m.kernel.clone(),
+        initrd: m.initramfs.clone(),
+        mem_mib: m.mem_mib,
+        pvm_compat: PvmCompat::Auto.enabled(),
+    })
+    .context("cannot start the microVM")
 }
 
 /// Restores the template for this VM's shape (made on first use) with the
@@ -200,16 +200,10 @@ fn start_warm(
         mem_mib: m.mem_mib,
     };
     let mut tpl = template::ensure(&spec, on_boot)?;
-    let restore = |dir: &Path| -> anyhow::Result<RunningVm> {
-        Ok(RunningVm::restore(RestoreConfig {
+    let restore = |dir: &Path| {
+        m.start(Source::Restore {
             snapshot_dir: dir.to_path_buf(),
-            console: console_file(&m.console_log)?,
-            disks: m.disks.iter().cloned().map(Some).collect(),
-            vsock: Some(vsock_config(m)),
-            shares: (0..SHARE_SLOTS).map(|i| m.shares.get(i).cloned()).collect(),
-            net: m.net_config()?,
-            seccomp: crate::confine::vmm_filters()?,
-        })?)
+        })
     };
     let vm = match restore(&tpl.dir) {
         Ok(vm) => vm,
@@ -233,10 +227,8 @@ fn start_warm(
 /// Whether a restore failed because of the template itself (stale,
 /// corrupt, from another host) rather than this container's inputs.
 fn is_template_fault(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<BuildError>(),
-        Some(BuildError::Snapshot(_) | BuildError::State(_))
-    )
+    e.downcast_ref::<StartError>()
+        .is_some_and(StartError::is_template_fault)
 }
 
 impl Booted {

@@ -5,8 +5,8 @@
 //! hosts are hybrid: each cgroup v1 hierarchy with the cpu, cpuacct, memory
 //! or pids controller is used; the v2 hierarchy only where there is no v1
 //! one (a pure v2 host). Leaving it moves the process back and removes the
-//! cgroup; `bulkhead gc` removes those of dead processes (only an empty
-//! cgroup can be removed, so a live VM's never goes).
+//! cgroup; `bulkhead gc` removes those of dead processes, first killing
+//! what they left in them (a jailed VMM still stopping, a virtiofsd).
 
 use std::path::{Path, PathBuf};
 
@@ -61,8 +61,8 @@ fn enter(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
 }
 
-/// Removes the empty `bulkhead-*` cgroups beside ours: those of VMs whose
-/// process died without leaving. Returns how many went.
+/// Removes the `bulkhead-*` cgroups beside ours whose process died
+/// without leaving, with what is left in them. Returns how many went.
 pub fn sweep_dead() -> usize {
     let mut swept = 0;
     for parent in own_cgroups() {
@@ -70,14 +70,43 @@ pub fn sweep_dead() -> usize {
             continue;
         };
         for e in entries.flatten() {
-            let named = e.file_name().to_string_lossy().starts_with(PREFIX);
-            // rmdir fails on a cgroup that still has processes.
-            if named && std::fs::remove_dir(e.path()).is_ok() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(PREFIX) && holder_is_dead(&name) && empty_and_remove(&e.path()) {
                 swept += 1;
             }
         }
     }
     swept
+}
+
+/// Whether the process a cgroup is named after (`…-<pid>`) is gone.
+fn holder_is_dead(name: &str) -> bool {
+    name.rsplit('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
+}
+
+/// Kills what is left in `dir` and removes it (rmdir fails on a cgroup
+/// that still has processes, so it is retried while they die).
+fn empty_and_remove(dir: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::fs::remove_dir(dir).is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The directories of this process's cgroups in the hierarchies we use.

@@ -7,7 +7,8 @@
 //! `pause` (and resume, and the process list), `delete`; `state` is the
 //! on-disk record every command locks. Below them: `plan` (what the VM is
 //! made of), `network` (its TAP and lease), `boot` (template restore or cold boot), `agent` (the vsock
-//! session with the guest agent), `vm` (the VMM on its thread), `monitor`
+//! session with the guest agent), `vm_spec` (the VM as data) and `vm`
+//! (the VMM in its jailed process, or on a thread), `monitor`
 //! and its `control` socket, `hooks` (OCI hooks on the host), `signals`
 //! and `tty`. Data flows one way: commands call these, these call the
 //! VMM and the agent; nothing here knows which command called it.
@@ -33,6 +34,7 @@ pub mod start;
 pub mod state;
 pub mod tty;
 pub mod vm;
+pub mod vm_spec;
 
 pub use create::{create, create_detached};
 pub use delete::delete;

@@ -48,6 +48,9 @@ pub fn launch(root: &Root, id: &str, stdio: MonitorStdio) -> anyhow::Result<u32>
     if crate::confine::seccomp() == crate::confine::SeccompMode::Off {
         cmd.args(["--seccomp", "off"]);
     }
+    if crate::confine::jail() == crate::confine::JailMode::Off {
+        cmd.args(["--jail", "off"]);
+    }
     cmd.arg("monitor")
         .arg(id)
         .env(READY_FD_ENV, ready_w.as_raw_fd().to_string());

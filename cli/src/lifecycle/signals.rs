@@ -7,12 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use bulkhead_protocol::AgentWriter;
-use bulkhead_vmm::vmm::StopHandle;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
 #[derive(Default)]
 struct Targets {
-    vm: Option<StopHandle>,
+    vm: Option<super::vm::VmStop>,
     container: Option<Arc<Mutex<AgentWriter<UnixStream>>>>,
     /// The container has a terminal: follow the size of the one on stdin.
     terminal: bool,
@@ -79,9 +78,9 @@ impl SignalRouter {
         }
     }
 
-    pub fn set_vm(&self, vm: StopHandle) {
+    pub fn set_vm(&self, vm: impl Into<super::vm::VmStop>) {
         if let Ok(mut t) = self.0.lock() {
-            t.vm = Some(vm);
+            t.vm = Some(vm.into());
         }
     }
 

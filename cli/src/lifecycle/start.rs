@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_protocol::{AgentWriter, ExitStatus, GuestTimes, StepTime};
-use bulkhead_vmm::vmm::{RunError, VmExit};
 
 use anyhow::bail;
 
@@ -110,10 +109,15 @@ impl Running {
         self.booted.vm.run_started()
     }
 
+    /// The VMM's process (`None`: this one).
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.booted.vm.vmm_pid()
+    }
+
     /// Ends the VM once the process has exited. Once the agent has flushed
     /// the volumes nothing in the guest is worth a clean shutdown: the
     /// host ends the VM rather than the guest's slow reboot path.
-    pub fn end(self) -> Result<VmExit, RunError> {
+    pub fn end(self) -> Result<(), super::vm::VmError> {
         let Running {
             booted,
             session,

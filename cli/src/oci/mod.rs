@@ -44,6 +44,9 @@ pub struct Global {
     /// seccomp filters on the VMM's threads; `off` is for debugging only.
     #[arg(long, global = true, value_enum, default_value_t = crate::confine::SeccompMode::On)]
     pub seccomp: crate::confine::SeccompMode,
+    /// Each VMM in a jail of its own; `off` is for debugging only.
+    #[arg(long, global = true, value_enum, default_value_t = crate::confine::JailMode::On)]
+    pub jail: crate::confine::JailMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -198,7 +198,7 @@ impl Report {
     fn take(args: &RunArgs, running: &Running, guest_mib: u64) -> Report {
         // While the guest still holds all it touched.
         let memory = args.timings_json.as_ref().and_then(|_| {
-            crate::bench::smaps::sample_vmm(None, guest_mib)
+            crate::bench::smaps::sample_vmm(running.vmm_pid(), guest_mib)
                 .map_err(|e| eprintln!("bulkhead: cannot sample the VMM's memory: {e}"))
                 .ok()
         });

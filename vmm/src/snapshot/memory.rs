@@ -84,10 +84,10 @@ pub fn save_memory(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFile
 /// filled (on a host that is itself a VM, each of those host faults costs
 /// about as much as the guest's own work on that page). Holes stay
 /// unmapped: the guest never read them, and mapping them would fill the
-/// page cache with zeros. Returns how many bytes were populated.
-pub fn populate_data(mem: &GuestMemoryMmap, path: &Path) -> io::Result<u64> {
-    let file = File::open(path)?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+/// page cache with zeros. `file` is the memory file `mem` was mapped
+/// from. Returns how many bytes were populated.
+pub fn populate_data(mem: &GuestMemoryMmap, file: &File) -> io::Result<u64> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
     let mut done = 0u64;
     let mut file_start = 0u64;
     for region in mem.iter() {
@@ -265,7 +265,7 @@ mod tests {
         mem.write_obj(2u8, GuestAddress(5 << 20)).unwrap();
         save_memory(&mem, &path).unwrap();
         let restored = restore_memory(&path, 8 << 20).unwrap();
-        let populated = populate_data(&restored, &path).unwrap();
+        let populated = populate_data(&restored, &File::open(&path).unwrap()).unwrap();
         // Two data pages, however the filesystem rounds its extents.
         assert!((2 * 4096..=2 << 20).contains(&populated), "{populated}");
         assert_eq!(restored.read_obj::<u8>(GuestAddress(5 << 20)).unwrap(), 2);

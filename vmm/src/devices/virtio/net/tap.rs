@@ -112,6 +112,15 @@ impl Tap {
         })
     }
 
+    /// A TAP another process opened (and configured) as [`Tap::open`]
+    /// does, handed over by descriptor.
+    pub fn from_handed_over(fd: std::os::fd::OwnedFd, name: String) -> Tap {
+        Tap {
+            file: File::from(fd),
+            name,
+        }
+    }
+
     /// The interface's name on the host.
     pub fn name(&self) -> &str {
         &self.name
