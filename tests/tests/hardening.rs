@@ -2,9 +2,9 @@
 //! seccomp filter on every VMM thread (a forbidden syscall kills with
 //! SIGSYS), the jail (`/proc` shows the VMM's process in namespaces of its
 //! own, pivoted into a root of its own, each thread unprivileged and
-//! confined), the VM's host cgroup, a guest fork bomb, and `kill -9` at
-//! random points followed by `gc`. Real VMs restored from the suite's
-//! template.
+//! confined), the VM's host cgroup, a guest fork bomb, a full scratch
+//! disk, and `kill -9` at random points followed by `gc`. Real VMs
+//! restored from the suite's template.
 
 use std::path::Path;
 
@@ -13,6 +13,8 @@ use bulkhead_tests::{Root, Run};
 fn ok(run: &Run) {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(!run.stderr.contains("panicked"), "{run:?}");
+    // Its VMM (jailed: a process of its own) ended as it said it did.
+    assert!(!run.stderr.contains("did not shut down cleanly"), "{run:?}");
 }
 
 const PROBE: &str = "BULKHEAD_SECCOMP_PROBE";
@@ -374,4 +376,32 @@ fn a_fork_bomb_stops_at_the_guest_pids_limit() {
         .unwrap_or(u32::MAX);
     assert!(pids <= 16, "{run:?}");
     root.assert_clean(&run);
+}
+
+#[test]
+fn a_full_scratch_disk_is_the_containers_enospc() {
+    let root = Root::new();
+    // The writable layer is an 8 MiB disk: writing past it fails in the
+    // guest, and the shell that saw it still runs and exits as it likes.
+    let script = "dd if=/dev/zero of=/fill bs=64k; echo dd=$?; rm /fill && echo freed; exit 3";
+    let run = root.bulkhead(&[
+        "run",
+        "--network",
+        "none",
+        "--storage-opt",
+        "size=8m",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(run.stderr.contains("No space left on device"), "{run:?}");
+    assert!(run.stdout.contains("dd=1\nfreed\n"), "{run:?}");
+    assert!(!run.stderr.contains("did not shut down cleanly"), "{run:?}");
+    root.assert_clean(&run);
+    let bad = root.bulkhead(&["run", "--storage-opt", "size=1m", "busybox", "true"]);
+    assert_eq!(bad.code, Some(125), "{bad:?}");
+    assert!(bad.stderr.contains("at least 8m"), "{bad:?}");
+    root.assert_clean(&bad);
 }

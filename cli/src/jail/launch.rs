@@ -143,8 +143,9 @@ impl JailedVm {
         }
         let status = self.wait();
         match self.reports.take().and_then(|r| r.join().ok()).flatten() {
-            Some(Report::Ended(Ended::GuestShutdown | Ended::Stopped)) => Ok(()),
             Some(Report::Ended(Ended::Failed(message))) => Err(JailError::Died(message)),
+            // It must also have ended as it reported: cleanly.
+            Some(Report::Ended(_)) if status.success() => Ok(()),
             _ => Err(JailError::Died(died(status))),
         }
     }

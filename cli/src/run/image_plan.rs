@@ -12,7 +12,7 @@ use bulkhead_protocol::{
 use bulkhead_rootfs::{RunOverrides, Store};
 
 use super::mounts::{self, MountArg, MountSource};
-use super::options::{parse_cpus, parse_size, CPU_PERIOD_US};
+use super::options::{parse_cpus, parse_size, scratch_mib, CPU_PERIOD_US};
 use super::record;
 use super::timings::Timings;
 use super::RunArgs;
@@ -27,6 +27,7 @@ const SCRATCH_MIB: u64 = 1024;
 /// What `run`'s flags ask for, checked before any disk is made.
 pub struct Request {
     memory: Option<i64>,
+    scratch_mib: u64,
     cpu_quota: Option<i64>,
     mounts: Vec<MountArg>,
     /// The network to join (`None`: `--network none`) and the ports to
@@ -43,6 +44,7 @@ impl Request {
             .transpose()
             .context("invalid --memory")?;
         let cpu_quota = args.cpus.as_deref().map(parse_cpus).transpose()?;
+        let scratch_mib = scratch_mib(&args.storage_opt, SCRATCH_MIB)?;
         let mounts = mounts::parse_all(&args.volumes, &args.mounts)?;
         if !host_dirs(&mounts).is_empty() {
             share::locate()?;
@@ -57,6 +59,7 @@ impl Request {
         paths::agent()?;
         Ok(Request {
             memory,
+            scratch_mib,
             cpu_quota,
             mounts,
             network,
@@ -125,7 +128,8 @@ pub fn plan(
     timings.mark(record::mark::IMAGE);
 
     let scratch = dir.join("scratch.ext4");
-    bulkhead_rootfs::scratch_disk(&scratch, SCRATCH_MIB).context("cannot make the scratch disk")?;
+    bulkhead_rootfs::scratch_disk(&scratch, request.scratch_mib)
+        .context("cannot make the scratch disk")?;
     let mut disks = vec![
         Disk {
             path: root_disk,

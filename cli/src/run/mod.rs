@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Maximum number of processes.
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// `size=SIZE`: the container's writable layer (its scratch disk;
+    /// default 1g, at least 8m). A full one is the container's ENOSPC.
+    #[arg(long = "storage-opt", value_name = "size=SIZE")]
+    pub storage_opt: Vec<String>,
     /// Named volume NAME:/path[:ro] (an ext4 disk kept by bulkhead), or
     /// host directory /host/dir:/path[:ro] (shared through virtio-fs).
     #[arg(short = 'v', long = "volume")]

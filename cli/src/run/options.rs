@@ -24,6 +24,23 @@ pub fn parse_size(s: &str) -> anyhow::Result<i64> {
     Ok((n * mult as f64) as i64)
 }
 
+/// The scratch disk's size in MiB from `--storage-opt size=SIZE` (Docker's
+/// only per-container storage option), `default` without one.
+pub fn scratch_mib(storage_opts: &[String], default: u64) -> anyhow::Result<u64> {
+    let mut mib = default;
+    for opt in storage_opts {
+        let Some(size) = opt.strip_prefix("size=") else {
+            bail!("invalid --storage-opt {opt:?}: only size=SIZE is supported");
+        };
+        let bytes = parse_size(size).context("invalid --storage-opt")?;
+        mib = (bytes as u64).div_ceil(1 << 20);
+        if mib < 8 {
+            bail!("invalid --storage-opt {opt:?}: the writable layer needs at least 8m");
+        }
+    }
+    Ok(mib)
+}
+
 pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// `--cpus 1.5` → CFS quota in microseconds per 100 ms period.
@@ -60,5 +77,17 @@ mod tests {
         assert_eq!(parse_cpus("2").unwrap(), 200_000);
         assert!(parse_cpus("0").is_err());
         assert!(parse_cpus("x").is_err());
+    }
+
+    #[test]
+    fn storage_opt_size_sets_the_scratch_disk() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(scratch_mib(&[], 1024).unwrap(), 1024);
+        assert_eq!(scratch_mib(&opts(&["size=16m"]), 1024).unwrap(), 16);
+        assert_eq!(scratch_mib(&opts(&["size=2g"]), 1024).unwrap(), 2048);
+        assert_eq!(scratch_mib(&opts(&["size=10000k"]), 1024).unwrap(), 10);
+        for bad in ["size=4m", "size=", "size=x", "overlay2.size=1g"] {
+            assert!(scratch_mib(&opts(&[bad]), 1024).is_err(), "{bad}");
+        }
     }
 }

@@ -38,8 +38,11 @@ const RUNTIME: &[i64] = &[
 
 /// The event loop: device backends on disk files, Unix sockets (vsock,
 /// vhost-user), eventfds and the TAP; kicking vCPUs; writing a snapshot;
-/// removing the vsock socket when the VM ends.
+/// removing the vsock socket when the VM ends; ending the process (a
+/// jailed VMM's event loop is its main thread, and its process ends with
+/// the VM).
 const EVENT_LOOP: &[i64] = &[
+    libc::SYS_exit_group,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
