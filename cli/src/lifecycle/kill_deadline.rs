@@ -2,7 +2,9 @@
 //! which kills the process and reports its exit; SIGKILL also gets a
 //! deadline on the host. If the guest has not reported the exit within
 //! [`KILL_GRACE`] (too slow, overloaded, or unwilling), the monitor ends
-//! the VM itself and reports death by SIGKILL. runc's SIGKILL always wins
+//! the VM itself and reports death by SIGKILL; if it has, the deadline
+//! still bounds the teardown (the guest's flush of the volumes), so the
+//! VM is gone within the grace either way. runc's SIGKILL always wins
 //! at once, and engines count on that: podman gives the container 5 s to
 //! die after `kill KILL` before it fails `rm -f`.
 //!
@@ -12,7 +14,7 @@
 
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ const FORCED: u8 = 2;
 pub struct KillDeadline {
     grace: Duration,
     state: Arc<AtomicU8>,
+    /// The grace is over.
+    expired: Arc<AtomicBool>,
     /// The agent connection: shutting it down ends the wait for the exit.
     socket: Arc<UnixStream>,
 }
@@ -48,6 +52,7 @@ impl KillDeadline {
         KillDeadline {
             grace,
             state: Arc::new(AtomicU8::new(RUNNING)),
+            expired: Arc::new(AtomicBool::new(false)),
             socket: Arc::new(socket),
         }
     }
@@ -56,8 +61,9 @@ impl KillDeadline {
         self.grace
     }
 
-    /// Starts the clock: unless the exit is reported within the grace, the
-    /// wait for it ends and [`forced`](Self::forced) holds.
+    /// Starts the clock: when the grace is over the agent connection is
+    /// shut, which ends the wait for the exit (then [`forced`](Self::forced)
+    /// holds) or the teardown after it, whichever is still going on.
     pub fn arm(&self) {
         let deadline = self.clone();
         let grace = self.grace;
@@ -69,13 +75,15 @@ impl KillDeadline {
                 .is_ok()
             {
                 log::debug!("the guest did not kill the container within {grace:?}: ending its VM");
-                let _ = deadline.socket.shutdown(Shutdown::Both);
             }
+            deadline.expired.store(true, Ordering::Release);
+            let _ = deadline.socket.shutdown(Shutdown::Both);
         });
     }
 
-    /// The exit was reported: a deadline still running does nothing.
-    /// Returns false if the deadline had already ended the wait.
+    /// The exit was reported: the deadline no longer forces it (but still
+    /// bounds the teardown). Returns false if the deadline had already
+    /// ended the wait.
     pub fn exited(&self) -> bool {
         self.state
             .compare_exchange(RUNNING, EXITED, Ordering::AcqRel, Ordering::Acquire)
@@ -85,6 +93,11 @@ impl KillDeadline {
     /// Whether the deadline ended the wait (the agent connection is gone).
     pub fn forced(&self) -> bool {
         self.state.load(Ordering::Acquire) == FORCED
+    }
+
+    /// Whether the grace is over: the guest gets no more time.
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
     }
 }
 
@@ -105,16 +118,19 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_in_time_disarms_it() {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let deadline = KillDeadline::with_grace(ours, Duration::from_millis(10));
+    fn an_exit_in_time_is_not_forced_and_the_teardown_is_still_bounded() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let deadline = KillDeadline::with_grace(ours, Duration::from_millis(200));
         deadline.arm();
         assert!(deadline.exited());
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!deadline.forced());
         theirs.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 1];
-        let still_open = (&theirs).read(&mut buf).unwrap_err().kind();
-        assert_eq!(still_open, std::io::ErrorKind::WouldBlock);
+        let open_meanwhile = (&theirs).read(&mut buf).unwrap_err().kind();
+        assert_eq!(open_meanwhile, std::io::ErrorKind::WouldBlock);
+        theirs.set_nonblocking(false).unwrap();
+        // The grace over, the connection (a flush still waited for) ends.
+        assert_eq!(theirs.read(&mut buf).unwrap(), 0);
+        assert!(deadline.expired());
+        assert!(!deadline.forced());
     }
 }

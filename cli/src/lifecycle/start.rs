@@ -123,10 +123,11 @@ impl Running {
             session,
             deadline,
         } = self;
-        let result = if deadline.is_some_and(|d| d.forced()) {
+        let result = if deadline.as_ref().is_some_and(|d| d.forced()) {
             // The guest did not kill in time; it gets no say now.
             booted.vm.kill()
-        } else if session.shutdown() {
+        } else if session.shutdown() || deadline.is_some_and(|d| d.expired()) {
+            // Flushed, or out of SIGKILL's time for it.
             booted.vm.kill()
         } else {
             booted.vm.finish(Duration::from_secs(10))
