@@ -85,6 +85,14 @@ pub enum BuildError {
     Devices(#[from] DeviceRestoreError),
 }
 
+impl BuildError {
+    /// Whether a restore failed because of the snapshot itself (stale,
+    /// corrupt, from another host) rather than what it was given.
+    pub fn is_snapshot_fault(&self) -> bool {
+        matches!(self, BuildError::Snapshot(_) | BuildError::State(_))
+    }
+}
+
 /// What a restored VM gets that the snapshot cannot hold: where its
 /// console goes and the host files behind its devices.
 pub struct RestoreConfig {

@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
-use bulkhead_vmm::builder::BuildError;
 use bulkhead_vmm::devices::virtio::net::Tap;
 use bulkhead_vmm::vmm::{VmExit, Vmm};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -41,7 +40,7 @@ pub fn main() -> ! {
     let tap_name = request.spec.net.as_ref().map(|n| n.tap_name.clone());
     let mut vmm = match build(&layout, tap_name) {
         Ok(vmm) => vmm,
-        Err(message) => fail(&message, false),
+        Err((message, template_fault)) => fail(&message, template_fault),
     };
     if let Err(e) = privileges::drop_to(id) {
         fail(&e.to_string(), false);
@@ -147,8 +146,9 @@ fn io_errno(e: std::io::Error) -> nix::Error {
 }
 
 /// Builds (or restores) the VM of the jailed spec, with the console log
-/// and TAP `launch` left open.
-fn build(layout: &Layout, tap_name: Option<String>) -> Result<Vmm, String> {
+/// and TAP `launch` left open. A failure says why and whether the
+/// template is to blame.
+fn build(layout: &Layout, tap_name: Option<String>) -> Result<Vmm, (String, bool)> {
     let files = VmFiles {
         // SAFETY: `launch` leaves the console log open at CONSOLE_FD for
         // this process; nothing else owns it.
@@ -158,11 +158,9 @@ fn build(layout: &Layout, tap_name: Option<String>) -> Result<Vmm, String> {
             Tap::from_handed_over(unsafe { OwnedFd::from_raw_fd(TAP_FD) }, name)
         }),
     };
-    let seccomp = confine::vmm_filters().map_err(|e| format!("{e:#}"))?;
-    layout.spec.config(files, seccomp).build().map_err(|e| {
-        let template_fault = matches!(e, BuildError::Snapshot(_) | BuildError::State(_));
-        fail(&e.to_string(), template_fault)
-    })
+    let seccomp = confine::vmm_filters().map_err(|e| (format!("{e:#}"), false))?;
+    let built = layout.spec.config(files, seccomp).build();
+    built.map_err(|e| (e.to_string(), e.is_snapshot_fault()))
 }
 
 fn name_thread(name: &str) {

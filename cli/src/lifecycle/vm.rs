@@ -30,7 +30,7 @@ impl StartError {
     /// corrupt, from another host) rather than this container's inputs.
     pub fn is_template_fault(&self) -> bool {
         match self {
-            StartError::Build(e) => matches!(e, BuildError::Snapshot(_) | BuildError::State(_)),
+            StartError::Build(e) => e.is_snapshot_fault(),
             StartError::Jail(e) => e.is_template_fault(),
             StartError::Confine(_) => false,
         }
