@@ -26,6 +26,11 @@ pub struct Lease {
     pub owner_pid: u32,
     /// Field 22 of /proc/PID/stat (clock ticks since boot).
     pub owner_start_time: u64,
+    /// The bridge port the container's frames arrive by (its VM's TAP):
+    /// what the anti-spoofing rules match. None in leases written before
+    /// there were any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
 }
 
 impl Lease {
@@ -152,6 +157,7 @@ mod tests {
             ports: vec![],
             owner_pid: std::process::id(),
             owner_start_time: start_time(std::process::id()).unwrap(),
+            tap: None,
         };
         assert!(me.owner_alive());
         let reused = Lease {
@@ -180,6 +186,7 @@ mod tests {
             ports: vec!["8080:80".parse().unwrap()],
             owner_pid: 1,
             owner_start_time: 0,
+            tap: Some("bh-c".into()),
         };
         assert!(create(tmp.path(), ip, &lease).unwrap());
         assert!(!create(tmp.path(), ip, &lease).unwrap());

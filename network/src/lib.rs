@@ -247,6 +247,7 @@ impl Networks {
             ports,
             owner_pid: req.owner_pid,
             owner_start_time,
+            tap: Some(req.tap.to_owned()),
         };
         let dir = self.store.leases_dir(&def.name);
         std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
@@ -340,10 +341,18 @@ impl Networks {
         let live = self.live_leases()?;
         let mut nets = Vec::new();
         for def in self.store.list()? {
-            let endpoints: Vec<(Ipv4Addr, Vec<PortMapping>)> = live
-                .iter()
-                .filter(|l| l.network == def.name)
+            let on_it = || live.iter().filter(|l| l.network == def.name);
+            let endpoints: Vec<(Ipv4Addr, Vec<PortMapping>)> = on_it()
                 .map(|l| (l.address, l.lease.ports.clone()))
+                .collect();
+            let guards = on_it()
+                .filter_map(|l| {
+                    Some(nft::Guard {
+                        port: l.lease.tap.clone()?,
+                        mac: l.lease.mac,
+                        address: l.address,
+                    })
+                })
                 .collect();
             // A network nobody is on needs no rules; with nobody anywhere
             // the table goes entirely.
@@ -352,6 +361,7 @@ impl Networks {
                     bridge: def.bridge,
                     subnet: def.subnet,
                     endpoints,
+                    guards,
                 });
             }
         }

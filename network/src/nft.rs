@@ -20,7 +20,22 @@
 //!     iifname { our bridges } accept; oifname { our bridges } accept
 //!   }
 //! }
+//! table bridge bulkhead {                                                   # anti-spoofing
+//!   chain guard { type filter hook prerouting priority filter;
+//!     iifname "TAP" ether saddr != MAC drop
+//!     iifname "TAP" ether type != { ip, arp } drop
+//!     iifname "TAP" ip saddr != ADDRESS drop
+//!     iifname "TAP" arp saddr ip != ADDRESS drop
+//!     iifname "TAP" arp saddr ether != MAC drop
+//!   }
+//! }
 //! ```
+//!
+//! The guest kernel is the tenant's: it may send any frame. The bridge
+//! table lets each container's port carry only IPv4 and ARP from the MAC
+//! and address it was leased, so it cannot pose as another container, the
+//! gateway or an address outside its network, nor slip past the checks in
+//! a VLAN tag.
 
 use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
@@ -29,9 +44,12 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::cidr::{self, Ipv4Cidr};
+use crate::mac::format_mac;
 use crate::{NetworkError, PortMapping};
 
 pub(crate) const FAMILY: &str = "ip";
+/// The family of the anti-spoofing table, of the same name.
+pub(crate) const BRIDGE_FAMILY: &str = "bridge";
 pub(crate) const TABLE: &str = "bulkhead";
 const NFT: &str = "nft";
 
@@ -42,16 +60,34 @@ pub(crate) struct NetRules {
     pub subnet: Ipv4Cidr,
     /// Each endpoint's address and its published ports (host ports resolved).
     pub endpoints: Vec<(Ipv4Addr, Vec<PortMapping>)>,
+    /// The endpoints whose bridge port is known, to hold to their lease.
+    pub guards: Vec<Guard>,
 }
 
-/// The whole transaction. With no networks it only deletes the table
-/// (adding it first, so a table that is not there is no error).
+/// What one container may send from on its bridge port.
+#[derive(Debug, Clone)]
+pub(crate) struct Guard {
+    /// The bridge port (its VM's TAP).
+    pub port: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+}
+
+/// The whole transaction. With no networks it only deletes the tables
+/// (adding each first, so a table that is not there is no error).
 pub(crate) fn ruleset(nets: &[NetRules]) -> Value {
     let table = json!({"table": {"family": FAMILY, "name": TABLE}});
-    let mut cmds = vec![json!({"add": table}), json!({"delete": table})];
+    let guard_table = json!({"table": {"family": BRIDGE_FAMILY, "name": TABLE}});
+    let mut cmds = vec![
+        json!({"add": table}),
+        json!({"delete": table}),
+        json!({"add": guard_table}),
+        json!({"delete": guard_table}),
+    ];
     if nets.is_empty() {
         return json!({ "nftables": cmds });
     }
+    cmds.extend(guards(nets));
     cmds.push(json!({"add": table}));
     cmds.push(base_chain("prerouting", "nat", "prerouting", -100));
     cmds.push(base_chain("output", "nat", "output", -100));
@@ -159,6 +195,45 @@ pub(crate) fn ruleset(nets: &[NetRules]) -> Value {
     json!({ "nftables": cmds })
 }
 
+/// The anti-spoofing table, if any endpoint's port is known.
+fn guards(nets: &[NetRules]) -> Vec<Value> {
+    let guards: Vec<&Guard> = nets.iter().flat_map(|n| &n.guards).collect();
+    if guards.is_empty() {
+        return Vec::new();
+    }
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}}),
+        json!({"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "guard",
+            "type": "filter", "hook": "prerouting", "prio": -200, "policy": "accept"}}}),
+    ];
+    for g in guards {
+        let (mac, address) = (json!(format_mac(&g.mac)), json!(g.address.to_string()));
+        // nft adds each payload's protocol test (ether type ip, arp).
+        for test in [
+            cmp("!=", payload("ether", "saddr"), mac.clone()),
+            cmp(
+                "!=",
+                payload("ether", "type"),
+                json!({"set": ["ip", "arp"]}),
+            ),
+            cmp("!=", payload("ip", "saddr"), address.clone()),
+            cmp("!=", payload("arp", "saddr ip"), address),
+            cmp("!=", payload("arp", "saddr ether"), mac),
+        ] {
+            let expr = vec![
+                eq(meta("iifname"), json!(g.port)),
+                test,
+                json!({"drop": null}),
+            ];
+            cmds.push(
+                json!({"add": {"rule": {"family": BRIDGE_FAMILY, "table": TABLE,
+                "chain": "guard", "expr": expr}}}),
+            );
+        }
+    }
+    cmds
+}
+
 fn base_chain(name: &str, kind: &str, hook: &str, prio: i32) -> Value {
     json!({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name,
         "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
@@ -209,7 +284,13 @@ pub(crate) fn apply(ruleset: &Value) -> Result<(), NetworkError> {
 /// `nft -j list table ip bulkhead`, None when the table is not there.
 #[cfg(test)]
 pub(crate) fn list_table() -> Result<Option<Value>, NetworkError> {
-    match run_nft(&["-j", "list", "table", FAMILY, TABLE], None) {
+    list_table_of(FAMILY)
+}
+
+/// `nft -j list table FAMILY bulkhead`, None when the table is not there.
+#[cfg(test)]
+pub(crate) fn list_table_of(family: &str) -> Result<Option<Value>, NetworkError> {
+    match run_nft(&["-j", "list", "table", family, TABLE], None) {
         Ok(out) => serde_json::from_slice(&out)
             .map(Some)
             .map_err(|e| NetworkError::Nft(format!("unreadable output of nft list: {e}"))),
@@ -276,6 +357,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            guards: Vec::new(),
         }
     }
 
@@ -300,28 +382,98 @@ mod tests {
             json!({"nftables": [
                 {"add": {"table": {"family": "ip", "name": "bulkhead"}}},
                 {"delete": {"table": {"family": "ip", "name": "bulkhead"}}},
+                {"add": {"table": {"family": "bridge", "name": "bulkhead"}}},
+                {"delete": {"table": {"family": "bridge", "name": "bulkhead"}}},
             ]})
         );
     }
 
     #[test]
     fn only_our_table_is_named() {
-        let v = ruleset(&[net(
+        let v = ruleset(&[guarded(net(
             "bulkhead0",
             "10.89.0.0/24",
             &[("10.89.0.2", &["8080:80"])],
-        )]);
+        ))]);
         for c in commands(&v) {
             let (verb, obj) = c.as_object().unwrap().iter().next().unwrap();
             assert!(verb == "add" || verb == "delete", "{c}");
             let (_, body) = obj.as_object().unwrap().iter().next().unwrap();
-            assert_eq!(body["family"], "ip", "{c}");
+            assert!(body["family"] == "ip" || body["family"] == "bridge", "{c}");
             let table = body.get("table").unwrap_or(&body["name"]);
             assert_eq!(table, "bulkhead", "{c}");
         }
-        // Add, delete, add: the rebuild starts from nothing.
+        // Add, delete, add: each rebuild starts from nothing.
         assert!(commands(&v)[1]["delete"]["table"].is_object());
-        assert!(commands(&v)[2]["add"]["table"].is_object());
+        assert!(commands(&v)[3]["delete"]["table"].is_object());
+        assert!(commands(&v)[4]["add"]["table"].is_object());
+    }
+
+    /// `net` with a guard on the port `t-<n>` of each of its endpoints.
+    fn guarded(mut net: NetRules) -> NetRules {
+        net.guards = net
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (address, _))| Guard {
+                port: format!("t-{i}"),
+                mac: [2, 0, 0, 0, 0, i as u8],
+                address: *address,
+            })
+            .collect();
+        net
+    }
+
+    #[test]
+    fn each_port_may_send_only_from_its_lease() {
+        let v = ruleset(&[guarded(net(
+            "bulkhead0",
+            "10.89.0.0/24",
+            &[("10.89.0.2", &[]), ("10.89.0.3", &[])],
+        ))]);
+        let chain = commands(&v)
+            .iter()
+            .find_map(|c| c["add"].get("chain").filter(|c| c["name"] == "guard"))
+            .unwrap();
+        assert_eq!(chain["family"], "bridge");
+        assert_eq!(chain["hook"], "prerouting");
+        let rules = rules_of(&v, "guard");
+        assert_eq!(rules.len(), 10);
+        let port = |r: &Value| r[0]["match"]["right"].clone();
+        assert!(rules[..5].iter().all(|r| port(r) == "t-0"));
+        assert!(rules[5..].iter().all(|r| port(r) == "t-1"));
+        for r in &rules {
+            assert_eq!(r[1]["match"]["op"], "!=", "{r}");
+            assert_eq!(r[2], json!({"drop": null}));
+        }
+        let test = |r: &Value| {
+            let m = &r[1]["match"];
+            (
+                m["left"]["payload"]["field"].as_str().unwrap().to_owned(),
+                m["right"].clone(),
+            )
+        };
+        assert_eq!(
+            rules[5..].iter().map(|r| test(r)).collect::<Vec<_>>(),
+            [
+                ("saddr".into(), json!("02:00:00:00:00:01")),
+                ("type".into(), json!({"set": ["ip", "arp"]})),
+                ("saddr".into(), json!("10.89.0.3")),
+                ("saddr ip".into(), json!("10.89.0.3")),
+                ("saddr ether".into(), json!("02:00:00:00:00:01")),
+            ]
+        );
+        // Without a known port (a lease from before), no table at all.
+        let v = ruleset(&[net("bulkhead0", "10.89.0.0/24", &[("10.89.0.2", &[])])]);
+        assert!(rules_of(&v, "guard").is_empty());
+        assert_eq!(
+            commands(&v)
+                .iter()
+                .filter(|c| c["add"]["table"]["family"] == "bridge")
+                .count(),
+            1,
+            "only the add before the delete"
+        );
     }
 
     #[test]

@@ -135,8 +135,9 @@ fn dnats() -> Vec<(Option<String>, u64, String, u64)> {
     out
 }
 
+/// Either of our tables: the NAT and filter one, or the anti-spoofing one.
 fn table_exists() -> bool {
-    nft::list_table().unwrap().is_some()
+    nft::list_table().unwrap().is_some() || nft::list_table_of("bridge").unwrap().is_some()
 }
 
 #[test]
@@ -699,6 +700,8 @@ fn published_ports_carry_traffic() {
         inside(&ct, || {
             let mut nl = Netlink::open().unwrap();
             let ct0 = nl.link_index("ct0").unwrap();
+            // The MAC the VM is given: the only one its port lets through.
+            nl.set_mac(ct0, mac_for("web")).unwrap();
             nl.add_address(ct0, ep.address).unwrap();
             nl.set_up(ct0, true).unwrap();
             nl.add_route(Route {
@@ -761,6 +764,7 @@ fn networks_are_isolated_but_published_ports_are_public() {
             inside(&ns, || {
                 let mut nl = Netlink::open().unwrap();
                 let ct0 = nl.link_index("ct0").unwrap();
+                nl.set_mac(ct0, mac_for(id)).unwrap();
                 nl.add_address(ct0, ep.address).unwrap();
                 nl.set_up(ct0, true).unwrap();
                 nl.add_route(Route {
@@ -784,5 +788,86 @@ fn networks_are_isolated_but_published_ports_are_public() {
         // ...but can reach b's published port through the host.
         let via_host = format!("{}:8080", a.1.gateway);
         assert_eq!(ask(Some(&a.0), &via_host).unwrap(), "10.89.1.1");
+    });
+}
+
+#[test]
+fn a_container_sends_only_from_the_mac_and_address_it_was_leased() {
+    in_fresh_netns(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let nets = Networks::open(tmp.path()).unwrap();
+        let ct = fresh_netns();
+        let mut nl = Netlink::open().unwrap();
+        nl.add_veth_pair("t-a", "ct0").unwrap();
+        let ct0 = nl.link_index("ct0").unwrap();
+        nl.set_netns(ct0, ct.as_fd()).unwrap();
+        let ep = nets
+            .connect(&ConnectRequest {
+                network: "bridge",
+                container_id: "a",
+                name: Some("a"),
+                tap: "t-a",
+                mac: mac_for("a"),
+                ports: &[],
+                owner_pid: me(),
+            })
+            .unwrap();
+        // Another container's address, or any other in the subnet: what a
+        // hostile guest kernel may put on its interface.
+        let other: Ipv4Cidr = "10.89.0.99/24".parse().unwrap();
+        inside(&ct, || {
+            let mut nl = Netlink::open().unwrap();
+            let ct0 = nl.link_index("ct0").unwrap();
+            nl.set_mac(ct0, mac_for("a")).unwrap();
+            nl.add_address(ct0, ep.address).unwrap();
+            nl.add_address(ct0, other).unwrap();
+            nl.set_up(ct0, true).unwrap();
+        });
+        let host = UdpSocket::bind((ep.gateway, 7001)).unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let send = |from: Ipv4Addr, what: &str| {
+            inside(&ct, || {
+                let s = UdpSocket::bind((from, 0)).unwrap();
+                // A spoofed ARP leaves the neighbour unresolved: no error.
+                let _ = s.send_to(what.as_bytes(), (ep.gateway, 7001));
+            })
+        };
+        let received = || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = host.recv_from(&mut buf) {
+                got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from.ip()));
+            }
+            got
+        };
+        let own = std::net::IpAddr::V4(ep.address.addr);
+        // Until the path works (a fresh port, the gateway's ARP).
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            send(ep.address.addr, "own");
+            got = received();
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert!(!got.is_empty(), "nothing arrives from the leased address");
+        assert!(
+            got.iter().all(|(what, from)| what == "own" && *from == own),
+            "{got:?}"
+        );
+        // The gateway is resolved now: only the IP check stands in the way.
+        send(other.addr, "spoofed address");
+        send(ep.address.addr, "own");
+        assert_eq!(received(), [("own".to_string(), own)]);
+        inside(&ct, || {
+            let mut nl = Netlink::open().unwrap();
+            let ct0 = nl.link_index("ct0").unwrap();
+            nl.set_mac(ct0, [0x02, 0, 0, 0, 0, 0x99]).unwrap();
+        });
+        send(ep.address.addr, "spoofed mac");
+        assert_eq!(received(), []);
+
+        nets.disconnect("a").unwrap();
+        assert!(!table_exists());
     });
 }

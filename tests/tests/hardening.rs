@@ -3,12 +3,14 @@
 //! SIGSYS), the jail (`/proc` shows the VMM's process in namespaces of its
 //! own, pivoted into a root of its own, each thread unprivileged and
 //! confined), the VM's host cgroup, a guest fork bomb, a full scratch
-//! disk, and `kill -9` at random points followed by `gc`. Real VMs
+//! disk, an image whose links point a volume out of its root, and
+//! `kill -9` at random points followed by `gc`. Real VMs
 //! restored from the suite's template.
 
 use std::path::Path;
 
-use bulkhead_tests::{Root, Run};
+use bulkhead_tests::oci::{busybox_layer, symlink, write_layout};
+use bulkhead_tests::{tempdir, Root, Run};
 
 fn ok(run: &Run) {
     assert_eq!(run.code, Some(0), "{run:?}");
@@ -141,6 +143,21 @@ fn every_vmm_thread_of_a_running_container_is_confined() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(dev, ["kvm"], "/dev of {vmm}");
+    // Of its run directory, only its sockets: not the plan, the state or
+    // the monitor's control socket.
+    let vm: Vec<_> = std::fs::read_dir(proc_dir.join("root/vm"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        vm.contains(&"vsock.sock".to_string()),
+        "/vm of {vmm}: {vm:?}"
+    );
+    assert!(
+        vm.iter().all(|f| f.starts_with("vsock.sock")),
+        "/vm of {vmm}: {vm:?}"
+    );
     // Namespaces of its own, and it is PID 1 of its PID namespace.
     for ns in ["mnt", "pid", "ipc", "uts", "net"] {
         let of = |p: &Path| std::fs::read_link(p.join("ns").join(ns)).unwrap();
@@ -327,6 +344,13 @@ fn kill_9_at_random_points_then_gc_leaves_nothing() {
         !table.contains("\"elem\""),
         "nft elements are left: {table}"
     );
+    let (_, guards) = root
+        .netns()
+        .output(&["nft", "-j", "list", "table", "bridge", "bulkhead"]);
+    assert!(
+        !guards.contains("\"rule\""),
+        "anti-spoofing rules are left: {guards}"
+    );
 
     // The store still serves its image, the volume's journal is replayed by
     // the run that mounts it, and the volume is then a clean ext4.
@@ -404,4 +428,55 @@ fn a_full_scratch_disk_is_the_containers_enospc() {
     assert_eq!(bad.code, Some(125), "{bad:?}");
     assert!(bad.stderr.contains("at least 8m"), "{bad:?}");
     root.assert_clean(&bad);
+}
+
+#[test]
+fn an_images_links_cannot_move_a_volume_out_of_the_containers_root() {
+    let root = Root::new();
+    let work = tempdir();
+    let mut layer = busybox_layer();
+    layer.push(symlink("escape", "/"));
+    layer.push(symlink("up", "../../../../../../../run"));
+    let layout = write_layout(
+        &work.path().join("layout"),
+        &[layer],
+        serde_json::json!({"Env": ["PATH=/bin"]}),
+        "links",
+    );
+    let image = format!("oci:{}:links", layout.display());
+    // Followed from the agent, these links would be its own / and /run:
+    // the volumes would be mounted there, out of the container's sight,
+    // and the files written through them would land in the image's root.
+    let run = root.bulkhead(&[
+        "run",
+        "--network",
+        "none",
+        "-v",
+        "a:/escape/data",
+        "-v",
+        "b:/up/vol",
+        &image,
+        "sh",
+        "-c",
+        "cut -d' ' -f2 /proc/mounts | grep -E '^/(data|run/vol)$'; \
+         echo in-a > /escape/data/f; echo in-b > /up/vol/f",
+    ]);
+    ok(&run);
+    assert_eq!(run.stdout, "/data\n/run/vol\n", "{run:?}");
+    let run = root.bulkhead(&[
+        "run",
+        "--network",
+        "none",
+        "-v",
+        "a:/a",
+        "-v",
+        "b:/b",
+        "busybox",
+        "cat",
+        "/a/f",
+        "/b/f",
+    ]);
+    ok(&run);
+    assert_eq!(run.stdout, "in-a\nin-b\n", "{run:?}");
+    root.assert_clean(&run);
 }

@@ -54,7 +54,20 @@ fn assert_network_clean(root: &Root, ns: &NetNs, network: &str) {
     assert!(!links.lines().any(is_tap), "a TAP is left: {links}");
     let (_, table) = ns.output(&["nft", "list", "table", "ip", "bulkhead"]);
     assert!(!table.contains("dnat"), "a published port is left: {table}");
+    assert_eq!(guarded_ports(ns), Vec::<String>::new());
     assert_eq!(endpoints(root, network), Vec::<serde_json::Value>::new());
+}
+
+/// The bridge ports our anti-spoofing table holds to a lease, once each.
+fn guarded_ports(ns: &NetNs) -> Vec<String> {
+    let (_, table) = ns.output(&["nft", "list", "table", "bridge", "bulkhead"]);
+    let mut ports: Vec<String> = table
+        .lines()
+        .filter(|l| l.contains("ether saddr !="))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+        .collect();
+    ports.dedup();
+    ports
 }
 
 #[test]
@@ -70,6 +83,11 @@ fn two_containers_serve_port_80_on_two_host_ports() {
 
     let inspect = endpoints(&root, "bridge");
     assert_eq!(inspect.len(), 2, "{inspect:?}");
+    // Each VM's TAP may carry only its lease's MAC and address, and the
+    // traffic above went through those checks.
+    let guarded = guarded_ports(ns);
+    assert_eq!(guarded.len(), 2, "{guarded:?}");
+    assert!(guarded.iter().all(|p| p.starts_with("bh")), "{guarded:?}");
     ok(&root.bulkhead(&["rm", "-f", "web-a", "web-b"]));
     assert_network_clean(&root, ns, "bridge");
 }

@@ -185,7 +185,7 @@ impl Container {
         // computes the final sets once it knows the uid.
         capability_sets(spec.process.capabilities.as_deref(), 0)?;
         let layout = Layout::new(&settings.state_dir, id);
-        let plan = rootfs::plan(&spec.storage, &layout, settings.cgroup_root.is_some())?;
+        let mut plan = rootfs::plan(&spec.storage, &layout, settings.cgroup_root.is_some())?;
         trace.mark("plan");
 
         let cgroup = match (&settings.cgroup_root, prepared.take_cgroup()) {
@@ -203,7 +203,9 @@ impl Container {
                     trace.mark(&name);
                 }
             }
-            // Needs the volumes mounted: a sub-path's kind is looked up.
+            // Both need the root and the volumes mounted: links are
+            // followed and a sub-path's kind is looked up.
+            plan.confine_mount_points()?;
             let container_plan = plan.container(subpath::resolve)?;
             let (stdio, child_stdio) = if spec.process.terminal {
                 (Stdio::awaiting_pty(), None)

@@ -28,6 +28,12 @@ pub enum PlanError {
         subpath: String,
         source: Errno,
     },
+    #[error(
+        "volume {destination}: cannot place its mount point inside the container's root: {reason}"
+    )]
+    Destination { destination: String, reason: String },
+    #[error("the image's /{0} is a symlink; it must be a directory")]
+    SystemLink(&'static str),
 }
 
 #[derive(Debug, Error)]
@@ -308,9 +314,37 @@ pub struct Plan {
     volumes: Vec<VolumeBind>,
     /// The root, when it is to be read-only.
     read_only_root: Option<PathBuf>,
+    /// The container's root in the agent's view.
+    rootfs: PathBuf,
 }
 
 impl Plan {
+    /// Moves every mount point to where the container will see it, inside
+    /// its root: the image's symlinks on the way resolve as if the root
+    /// were `/` (securejoin, as runc and Kata do), so a link such as
+    /// `/data -> /` or `-> ../../..` cannot make the init create or mount
+    /// over the agent's own files. A destination under an earlier volume
+    /// resolves inside that volume, which the init will have bound there.
+    /// An image whose /proc, /sys or /dev is a symlink is refused, as runc
+    /// refuses it.
+    ///
+    /// Call it once [`storage`](Self::storage) is mounted, before
+    /// [`container`](Self::container).
+    pub fn confine_mount_points(&mut self) -> Result<(), PlanError> {
+        for dir in SYSTEM_DIRS {
+            let path = self.rootfs.join(dir);
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(PlanError::SystemLink(dir));
+            }
+        }
+        for i in 0..self.volumes.len() {
+            let (earlier, rest) = self.volumes.split_at_mut(i);
+            let v = &mut rest[0];
+            v.target = confined_target(&self.rootfs, earlier, v)?;
+        }
+        Ok(())
+    }
+
     /// The mounts the container's init makes in its new namespace: /proc,
     /// /sys, cgroup2, /dev, then the volume binds (last, so they may sit
     /// anywhere, even under /dev), then the read-only remount of the root
@@ -333,6 +367,61 @@ impl Plan {
         }
         Ok(ops)
     }
+}
+
+/// What the init mounts on in the image's root, which must be directories.
+const SYSTEM_DIRS: [&str; 3] = ["proc", "sys", "dev"];
+
+/// Where `v` is to be bound, with no symlink left in the part that exists:
+/// in the image, or inside the last of the `earlier` volumes it lies under
+/// (by its destination, or by where the image's links lead).
+fn confined_target(
+    rootfs: &Path,
+    earlier: &[VolumeBind],
+    v: &VolumeBind,
+) -> Result<PathBuf, PlanError> {
+    let fail = |e: std::io::Error| PlanError::Destination {
+        destination: v.destination.clone(),
+        reason: e.to_string(),
+    };
+    let destination = lexical(&v.destination);
+    let in_image = safe_path::scoped_join(rootfs, &destination).map_err(fail)?;
+    let under = earlier.iter().rev().find_map(|e| {
+        destination
+            .strip_prefix(lexical(&e.destination))
+            .or_else(|_| in_image.strip_prefix(&e.target))
+            .ok()
+            .map(|rest| (e, rest.to_path_buf()))
+    });
+    let Some((volume, rest)) = under else {
+        return Ok(in_image);
+    };
+    // The volume's own links stay inside it: the init cannot resolve them
+    // against the merged view, so they are never followed out of it.
+    let base = match &volume.subpath {
+        Some(sub) => safe_path::scoped_join(&volume.root, sub),
+        None => volume.root.canonicalize(),
+    }
+    .map_err(fail)?;
+    let inside = safe_path::scoped_join(&base, &rest).map_err(fail)?;
+    let rest = inside.strip_prefix(&base).unwrap_or(Path::new(""));
+    Ok(volume.target.join(rest))
+}
+
+/// `destination` as normal components, `..` stopping at the root: what the
+/// container means by it before any link is followed.
+fn lexical(destination: &str) -> PathBuf {
+    let mut path = PathBuf::new();
+    for c in Path::new(destination).components() {
+        match c {
+            Component::Normal(n) => path.push(n),
+            Component::ParentDir => {
+                path.pop();
+            }
+            _ => {}
+        }
+    }
+    path
 }
 
 /// Plans the mounts for `storage` at `layout`.
@@ -423,7 +512,8 @@ pub fn plan(storage: &Storage, layout: &Layout, cgroup_ns: bool) -> Result<Plan,
         storage: storage_ops,
         system: ops,
         volumes,
-        read_only_root: storage.read_only_root.then_some(rootfs),
+        read_only_root: storage.read_only_root.then_some(rootfs.clone()),
+        rootfs,
     })
 }
 
@@ -1140,5 +1230,83 @@ mod tests {
             plan(&storage, &layout(), false),
             Err(PlanError::UnsafeOverlayPath(_))
         ));
+    }
+
+    #[test]
+    fn mount_points_stay_inside_the_root_whatever_the_links_say() {
+        use std::os::unix::fs::symlink;
+        let tmp = std::env::temp_dir().join(format!("bulkhead-confine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let tmp = tmp.canonicalize().unwrap();
+        let layout = Layout::new(&tmp, "c1");
+        let (rootfs, host) = (layout.rootfs(), tmp.join("host"));
+        for dir in [rootfs.join("opt"), rootfs.join("proc"), host.join("inner")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        symlink("/", rootfs.join("escape")).unwrap();
+        symlink("../../../../../../etc", rootfs.join("up")).unwrap();
+        symlink("/opt", rootfs.join("srv")).unwrap();
+        symlink("/nowhere/deep", rootfs.join("dangling")).unwrap();
+        // A volume's own link out of it.
+        symlink("/", host.join("out")).unwrap();
+        let storage = Storage {
+            volumes: vec![
+                volume(Source::Tmpfs, "/escape/data"),
+                volume(Source::Tmpfs, "/up/x"),
+                volume(Source::directory(host.to_str().unwrap()), "/srv"),
+                volume(Source::Tmpfs, "/srv/out/y"),
+                volume(Source::Tmpfs, "/dangling"),
+                volume(Source::Tmpfs, "/opt/inner/z"),
+            ],
+            ..Storage::default()
+        };
+        let mut plan = plan(&storage, &layout, false).unwrap();
+        plan.confine_mount_points().unwrap();
+        let ops = plan
+            .container(|root, sub| {
+                Ok(Resolved {
+                    path: root.join(sub),
+                    is_dir: true,
+                })
+            })
+            .unwrap();
+        let binds: Vec<PathBuf> = ops
+            .iter()
+            .filter_map(|op| match op {
+                FsOp::Mount { target, flags, .. }
+                    if *flags == MsFlags::MS_BIND | MsFlags::MS_REC =>
+                {
+                    Some(target.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let r = |p: &str| rootfs.join(p);
+        assert_eq!(
+            binds[binds.len() - 6..],
+            [
+                r("data"),
+                r("etc/x"),
+                r("opt"),
+                // Inside the volume bound at /opt: its link to / is its own root.
+                r("opt/y"),
+                r("nowhere/deep"),
+                // Where the image's link put /srv's volume, so inside it too.
+                r("opt/inner/z"),
+            ]
+        );
+        assert!(ops.iter().all(|op| match op {
+            FsOp::MkdirAll { path } | FsOp::CreateFile { path } => path.starts_with(&tmp),
+            _ => true,
+        }));
+
+        std::fs::remove_dir(rootfs.join("proc")).unwrap();
+        symlink("/", rootfs.join("proc")).unwrap();
+        assert_eq!(
+            plan.confine_mount_points(),
+            Err(PlanError::SystemLink("proc"))
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

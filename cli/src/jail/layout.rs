@@ -6,7 +6,7 @@
 //! /kernel, /initrd       a fresh boot (read-only)
 //! /snapshot/             a restore: the template (read-only)
 //! /disk/0, /disk/1 ...   the VM's disks (read-only unless writable)
-//! /vm/                   the container's run directory, where its sockets are
+//! /vm/                   the VM's sockets (the run directory's `vm/`)
 //! ```
 //!
 //! Everything else (the host's /, /proc, /sys, /dev, other containers) is
@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::lifecycle::vm_spec::{Source, VmSpec};
+use crate::lifecycle::vm_spec::{Source, VmSpec, VM_DIR};
 
 /// One host path bound into the jail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +34,11 @@ pub struct Layout {
 }
 
 pub const KVM: &str = "/dev/kvm";
-const RUN_DIR: &str = "/vm";
+const SOCKETS: &str = "/vm";
 
 impl Layout {
     /// The jail of the VM `spec` describes, whose sockets are all in
-    /// `run_dir` (the container's directory on the host).
+    /// `run_dir`'s `vm/` (`run_dir`: the container's directory on the host).
     pub fn of(spec: &VmSpec, run_dir: &Path) -> Layout {
         let mut binds = vec![
             Bind {
@@ -48,8 +48,8 @@ impl Layout {
                 is_dir: false,
             },
             Bind {
-                host: run_dir.to_path_buf(),
-                jail: RUN_DIR.into(),
+                host: run_dir.join(VM_DIR),
+                jail: SOCKETS.into(),
                 read_only: false,
                 is_dir: true,
             },
@@ -92,10 +92,10 @@ impl Layout {
     }
 }
 
-/// A socket of the run directory (however the host reaches it: a long
-/// directory is reached through /proc/self/fd) as the jail sees it.
+/// A socket of the VM (however the host reaches it: a long directory is
+/// reached through /proc/self/fd) as the jail sees it.
 fn in_run_dir(socket: &Path) -> PathBuf {
-    Path::new(RUN_DIR).join(socket.file_name().unwrap_or_default())
+    Path::new(SOCKETS).join(socket.file_name().unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -117,7 +117,7 @@ mod tests {
                 },
             ],
             shares: vec!["/proc/self/fd/7/fs-0.sock".into()],
-            uds: "/run/c1/vsock.sock".into(),
+            uds: "/run/c1/vm/vsock.sock".into(),
             net: Some(NetSpec {
                 tap_name: "bh0".into(),
                 mac: [2, 0, 0, 0, 0, 1],
@@ -148,7 +148,7 @@ mod tests {
             binds,
             [
                 ("/dev/kvm", "/dev/kvm", false),
-                ("/run/c1", "/vm", false),
+                ("/run/c1/vm", "/vm", false),
                 ("/var/lib/t/abc", "/snapshot", true),
                 ("/store/img.ext4", "/disk/0", true),
                 ("/run/c1/scratch.ext4", "/disk/1", false),

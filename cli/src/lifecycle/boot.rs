@@ -12,7 +12,7 @@ use super::network::{self, Attached};
 use super::plan::Plan;
 use super::signals::SignalRouter;
 use super::vm::{RunningVm, StartError};
-use super::vm_spec::{DiskSpec, NetSpec, Source, VmFiles, VmSpec};
+use super::vm_spec::{DiskSpec, NetSpec, Source, VmFiles, VmSpec, VM_DIR};
 use crate::paths;
 use crate::share::{self, Shares};
 use crate::template::{self, TemplateSpec};
@@ -24,6 +24,11 @@ pub const SHARE_GRACE: Duration = Duration::from_millis(200);
 /// The names of a container's VM files in its directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 pub const CONSOLE_LOG: &str = "console.log";
+
+/// The agent's vsock socket of the container whose directory is `dir`.
+pub fn vsock_socket(dir: &Path) -> PathBuf {
+    dir.join(VM_DIR).join(VSOCK_SOCKET)
+}
 
 /// How the VM came to be.
 #[derive(Debug, Clone)]
@@ -61,14 +66,17 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
     let cgroup = plan
         .host_cgroup
         .then(|| super::host_cgroup::HostCgroup::join(name.as_deref().unwrap_or("vm")));
+    let vm_dir = run_dir.join(VM_DIR);
+    std::fs::create_dir_all(&vm_dir)
+        .with_context(|| format!("cannot create {}", vm_dir.display()))?;
     // Sockets are bound by path; a deep `dir` is reached through a descriptor.
-    let (dir, dir_fd) = super::control::socket_dir(dir)?;
-    let dir = dir.as_path();
+    let (sockets, dir_fd) = super::control::socket_dir(&vm_dir)?;
+    let sockets = sockets.as_path();
     let net = network::attach(&plan.network)?;
     let mut shares = if plan.host_dirs.is_empty() {
         Shares::default()
     } else {
-        Shares::start(&share::locate()?, &plan.host_dirs, dir)?
+        Shares::start(&share::locate()?, &plan.host_dirs, sockets, run_dir)?
     };
     let machine = Machine {
         kernel,
@@ -83,8 +91,8 @@ pub fn boot(plan: &Plan, dir: &Path, router: &SignalRouter) -> anyhow::Result<Bo
             })
             .collect(),
         shares: shares.sockets(),
-        uds: dir.join(VSOCK_SOCKET),
-        console_log: dir.join(CONSOLE_LOG),
+        uds: sockets.join(VSOCK_SOCKET),
+        console_log: run_dir.join(CONSOLE_LOG),
         net: net.as_ref(),
         run_dir: run_dir.to_path_buf(),
     };

@@ -7,7 +7,7 @@ use anyhow::bail;
 use bulkhead_protocol::ProcessSpec;
 
 use super::agent::{forward_stdin, Session};
-use super::boot::VSOCK_SOCKET;
+use super::boot::vsock_socket;
 use super::signals::SignalRouter;
 use super::state::{Exit, Locked, Status};
 use super::tty;
@@ -23,7 +23,7 @@ pub fn target(c: &Locked) -> anyhow::Result<Target> {
     let record = c.current()?;
     match record.status {
         Status::Running => Ok(Target {
-            uds: c.dir().join(VSOCK_SOCKET),
+            uds: vsock_socket(c.dir()),
         }),
         Status::Paused => bail!("container {} is paused", c.id()),
         status => bail!(

@@ -4,7 +4,7 @@
 use anyhow::bail;
 
 use super::agent::side_client;
-use super::boot::VSOCK_SOCKET;
+use super::boot::vsock_socket;
 use super::state::{Locked, Status};
 
 pub fn pause(c: &Locked) -> anyhow::Result<()> {
@@ -23,7 +23,7 @@ fn set_frozen(c: &Locked, frozen: bool) -> anyhow::Result<()> {
         (Status::Running, false) => bail!("container {} is not paused", c.id()),
         (status, _) => bail!("container {} is {}, not running", c.id(), status.as_str()),
     }
-    side_client(&c.dir().join(VSOCK_SOCKET))?.freeze(frozen)?;
+    side_client(&vsock_socket(c.dir()))?.freeze(frozen)?;
     record.status = if frozen {
         Status::Paused
     } else {
@@ -44,5 +44,5 @@ pub fn processes(c: &Locked) -> anyhow::Result<Vec<u32>> {
             record.status.as_str()
         );
     }
-    Ok(side_client(&c.dir().join(VSOCK_SOCKET))?.list_processes()?)
+    Ok(side_client(&vsock_socket(c.dir()))?.list_processes()?)
 }

@@ -19,6 +19,11 @@ use super::console_log::ConsoleLog;
 use crate::share;
 use crate::template::SHARE_SLOTS;
 
+/// The subdirectory of a run directory holding the VM's sockets (vsock,
+/// virtiofsd): all a jailed VMM is given of it, so the rest (the plan, the
+/// state, the monitor's control socket) stays out of its sight.
+pub const VM_DIR: &str = "vm";
+
 /// Where the guest's state comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Source {

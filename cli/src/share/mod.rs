@@ -77,17 +77,22 @@ pub struct Shares {
 
 impl Shares {
     /// Starts `program` for each of `dirs`, with its socket (`fs-N.sock`)
-    /// and log (`fs-N.log`) in `run_dir`. Call it from the thread that
-    /// outlives the shares (the main thread): a child's parent-death
-    /// signal fires when the thread that forked it ends.
-    pub fn start(program: &Path, dirs: &[HostDir], run_dir: &Path) -> Result<Shares, ShareError> {
+    /// in `sockets` and its log (`fs-N.log`) in `logs`. Call it from the
+    /// thread that outlives the shares (the main thread): a child's
+    /// parent-death signal fires when the thread that forked it ends.
+    pub fn start(
+        program: &Path,
+        dirs: &[HostDir],
+        sockets: &Path,
+        logs: &Path,
+    ) -> Result<Shares, ShareError> {
         let mut daemons = Vec::with_capacity(dirs.len());
         for (i, dir) in dirs.iter().enumerate() {
             daemons.push(Virtiofsd::spawn(
                 program,
                 dir,
-                run_dir.join(format!("fs-{i}.sock")),
-                run_dir.join(format!("fs-{i}.log")),
+                sockets.join(format!("fs-{i}.sock")),
+                logs.join(format!("fs-{i}.log")),
             )?);
         }
         Ok(Shares {
@@ -198,7 +203,8 @@ echo "$@" > "$0.args"
 exec sleep 1000"#,
         );
         let shared = tempfile::tempdir().unwrap();
-        let mut shares = Shares::start(&program, &[host_dir(shared.path())], run.path()).unwrap();
+        let mut shares =
+            Shares::start(&program, &[host_dir(shared.path())], run.path(), run.path()).unwrap();
         let sock = run.path().join("fs-0.sock");
         assert_eq!(shares.sockets(), std::slice::from_ref(&sock));
         assert!(sock.exists());
@@ -234,7 +240,7 @@ exec sleep 1000"#,
         );
         let shared = tempfile::tempdir().unwrap();
         let dirs = [host_dir(shared.path()), host_dir(shared.path())];
-        let mut shares = Shares::start(&program, &dirs, run.path()).unwrap();
+        let mut shares = Shares::start(&program, &dirs, run.path(), run.path()).unwrap();
         let failure = shares
             .failure_within(Duration::from_secs(10))
             .expect("the daemon never exited");
@@ -263,13 +269,15 @@ exec sleep 1000"#,
             }
         };
         let clean = script(run.path(), "exit 0");
-        let mut shares = Shares::start(&clean, &[host_dir(shared.path())], run.path()).unwrap();
+        let mut shares =
+            Shares::start(&clean, &[host_dir(shared.path())], run.path(), run.path()).unwrap();
         wait(&mut shares);
         assert!(shares.failure().is_none());
         drop(shares);
 
         let killed = script(run.path(), "kill -9 $$");
-        let mut shares = Shares::start(&killed, &[host_dir(shared.path())], run.path()).unwrap();
+        let mut shares =
+            Shares::start(&killed, &[host_dir(shared.path())], run.path(), run.path()).unwrap();
         wait(&mut shares);
         let why = shares.failure().unwrap().to_string();
         assert!(why.ends_with("exited: signal: 9 (SIGKILL)"), "{why}");
@@ -281,7 +289,8 @@ exec sleep 1000"#,
         let shared = tempfile::tempdir().unwrap();
         let program = script(run.path(), "exec sleep 1000");
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut shares = Shares::start(&program, &[host_dir(shared.path())], run.path()).unwrap();
+        let mut shares =
+            Shares::start(&program, &[host_dir(shared.path())], run.path(), run.path()).unwrap();
         let fired = tx.clone();
         shares.watch(move || {
             let _ = fired.send("killed");
@@ -292,7 +301,8 @@ exec sleep 1000"#,
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("killed"));
         drop(shares);
 
-        let mut shares = Shares::start(&program, &[host_dir(shared.path())], run.path()).unwrap();
+        let mut shares =
+            Shares::start(&program, &[host_dir(shared.path())], run.path(), run.path()).unwrap();
         shares.watch(move || {
             let _ = tx.send("dropped");
         });
@@ -310,7 +320,7 @@ exec sleep 1000"#,
         let program = script(run.path(), "exec sleep 1000");
         let (run_dir, dir) = (run.path().to_path_buf(), host_dir(shared.path()));
         let pid = std::thread::spawn(move || {
-            let mut shares = Shares::start(&program, &[dir], &run_dir).unwrap();
+            let mut shares = Shares::start(&program, &[dir], &run_dir, &run_dir).unwrap();
             let pid = shares.daemons[0].running_pid().unwrap();
             std::mem::forget(shares);
             pid
@@ -338,7 +348,8 @@ exec sleep 1000"#,
         }
         let run = tempfile::tempdir().unwrap();
         let shared = tempfile::tempdir().unwrap();
-        let mut shares = Shares::start(&program, &[host_dir(shared.path())], run.path()).unwrap();
+        let mut shares =
+            Shares::start(&program, &[host_dir(shared.path())], run.path(), run.path()).unwrap();
         // Given time to fail (bad arguments, no sandbox), it must not.
         std::thread::sleep(Duration::from_millis(500));
         assert!(shares.failure().is_none());
