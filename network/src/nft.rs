@@ -76,19 +76,16 @@ pub(crate) struct Guard {
 /// The whole transaction. With no networks it only deletes the tables
 /// (adding each first, so a table that is not there is no error).
 pub(crate) fn ruleset(nets: &[NetRules]) -> Value {
-    let table = json!({"table": {"family": FAMILY, "name": TABLE}});
-    let guard_table = json!({"table": {"family": BRIDGE_FAMILY, "name": TABLE}});
-    let mut cmds = vec![
-        json!({"add": table}),
-        json!({"delete": table}),
-        json!({"add": guard_table}),
-        json!({"delete": guard_table}),
-    ];
+    let mut cmds = Vec::new();
+    for family in [FAMILY, BRIDGE_FAMILY] {
+        cmds.push(json!({"add": table(family)}));
+        cmds.push(json!({"delete": table(family)}));
+    }
     if nets.is_empty() {
         return json!({ "nftables": cmds });
     }
     cmds.extend(guards(nets));
-    cmds.push(json!({"add": table}));
+    cmds.push(json!({"add": table(FAMILY)}));
     cmds.push(base_chain("prerouting", "nat", "prerouting", -100));
     cmds.push(base_chain("output", "nat", "output", -100));
     cmds.push(base_chain("postrouting", "nat", "postrouting", 100));
@@ -202,9 +199,8 @@ fn guards(nets: &[NetRules]) -> Vec<Value> {
         return Vec::new();
     }
     let mut cmds = vec![
-        json!({"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}}),
-        json!({"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "guard",
-            "type": "filter", "hook": "prerouting", "prio": -200, "policy": "accept"}}}),
+        json!({"add": table(BRIDGE_FAMILY)}),
+        base_chain_in(BRIDGE_FAMILY, "guard", "filter", "prerouting", -200),
     ];
     for g in guards {
         let (mac, address) = (json!(format_mac(&g.mac)), json!(g.address.to_string()));
@@ -225,22 +221,32 @@ fn guards(nets: &[NetRules]) -> Vec<Value> {
                 test,
                 json!({"drop": null}),
             ];
-            cmds.push(
-                json!({"add": {"rule": {"family": BRIDGE_FAMILY, "table": TABLE,
-                "chain": "guard", "expr": expr}}}),
-            );
+            cmds.push(rule_in(BRIDGE_FAMILY, "guard", expr));
         }
     }
     cmds
 }
 
+/// Our table of `family`.
+fn table(family: &str) -> Value {
+    json!({"table": {"family": family, "name": TABLE}})
+}
+
 fn base_chain(name: &str, kind: &str, hook: &str, prio: i32) -> Value {
-    json!({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name,
+    base_chain_in(FAMILY, name, kind, hook, prio)
+}
+
+fn base_chain_in(family: &str, name: &str, kind: &str, hook: &str, prio: i32) -> Value {
+    json!({"add": {"chain": {"family": family, "table": TABLE, "name": name,
         "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
 }
 
 fn rule(chain: &str, expr: Vec<Value>) -> Value {
-    json!({"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": expr}}})
+    rule_in(FAMILY, chain, expr)
+}
+
+fn rule_in(family: &str, chain: &str, expr: Vec<Value>) -> Value {
+    json!({"add": {"rule": {"family": family, "table": TABLE, "chain": chain, "expr": expr}}})
 }
 
 fn cmp(op: &str, left: Value, right: Value) -> Value {

@@ -657,6 +657,49 @@ fn tell_peers(listener: TcpListener) {
     });
 }
 
+/// A container as these tests stand it in: a netns behind a veth whose
+/// host end (`t-<id>`) plays its VM's TAP, connected to `network`, with
+/// the lease's MAC, address and default route, as the agent gives a VM.
+fn veth_container(
+    nets: &Networks,
+    network: &str,
+    id: &str,
+    ports: &[PortMapping],
+) -> (File, Endpoint) {
+    let ns = fresh_netns();
+    let host_end = format!("t-{id}");
+    let mut nl = Netlink::open().unwrap();
+    nl.add_veth_pair(&host_end, "ct0").unwrap();
+    let ct0 = nl.link_index("ct0").unwrap();
+    nl.set_netns(ct0, ns.as_fd()).unwrap();
+    let ep = nets
+        .connect(&ConnectRequest {
+            network,
+            container_id: id,
+            name: Some(id),
+            tap: &host_end,
+            mac: mac_for(id),
+            ports,
+            owner_pid: me(),
+        })
+        .unwrap();
+    inside(&ns, || {
+        let mut nl = Netlink::open().unwrap();
+        let ct0 = nl.link_index("ct0").unwrap();
+        // The MAC the VM is given: the only one its port lets through.
+        nl.set_mac(ct0, mac_for(id)).unwrap();
+        nl.add_address(ct0, ep.address).unwrap();
+        nl.set_up(ct0, true).unwrap();
+        nl.add_route(Route {
+            dst: None,
+            gateway: Some(ep.gateway),
+            oif: Some(ct0),
+        })
+        .unwrap();
+    });
+    (ns, ep)
+}
+
 #[test]
 fn published_ports_carry_traffic() {
     in_fresh_netns(|| {
@@ -665,12 +708,9 @@ fn published_ports_carry_traffic() {
         // machine on the host's LAN.
         let tmp = tempfile::tempdir().unwrap();
         let nets = Networks::open(tmp.path()).unwrap();
-        let ct = fresh_netns();
+        let (ct, _) = veth_container(&nets, "bridge", "web", &specs(&["8080:80"]));
         let lan = fresh_netns();
         let mut nl = Netlink::open().unwrap();
-        nl.add_veth_pair("t-web", "ct0").unwrap();
-        let ct0 = nl.link_index("ct0").unwrap();
-        nl.set_netns(ct0, ct.as_fd()).unwrap();
         nl.add_veth_pair("lan0", "lan1").unwrap();
         let lan0 = nl.link_index("lan0").unwrap();
         nl.add_address(lan0, "192.168.9.1/24".parse().unwrap())
@@ -686,31 +726,6 @@ fn published_ports_carry_traffic() {
             nl.set_up(lan1, true).unwrap();
         });
 
-        let ep = nets
-            .connect(&ConnectRequest {
-                network: "bridge",
-                container_id: "web",
-                name: Some("web"),
-                tap: "t-web",
-                mac: mac_for("web"),
-                ports: &specs(&["8080:80"]),
-                owner_pid: me(),
-            })
-            .unwrap();
-        inside(&ct, || {
-            let mut nl = Netlink::open().unwrap();
-            let ct0 = nl.link_index("ct0").unwrap();
-            // The MAC the VM is given: the only one its port lets through.
-            nl.set_mac(ct0, mac_for("web")).unwrap();
-            nl.add_address(ct0, ep.address).unwrap();
-            nl.set_up(ct0, true).unwrap();
-            nl.add_route(Route {
-                dst: None,
-                gateway: Some(ep.gateway),
-                oif: Some(ct0),
-            })
-            .unwrap();
-        });
         tell_peers(inside(&ct, || TcpListener::bind("0.0.0.0:80")).unwrap());
         tell_peers(inside(&lan, || TcpListener::bind("192.168.9.2:7000")).unwrap());
 
@@ -742,38 +757,9 @@ fn networks_are_isolated_but_published_ports_are_public() {
         let tmp = tempfile::tempdir().unwrap();
         let nets = Networks::open(tmp.path()).unwrap();
         nets.create("other", None).unwrap();
-        let mut nl = Netlink::open().unwrap();
         let mut containers = Vec::new();
         for (network, id, ports) in [("bridge", "a", vec![]), ("other", "b", specs(&["8080:80"]))] {
-            let ns = fresh_netns();
-            let host_end = format!("t-{id}");
-            nl.add_veth_pair(&host_end, "ct0").unwrap();
-            let ct0 = nl.link_index("ct0").unwrap();
-            nl.set_netns(ct0, ns.as_fd()).unwrap();
-            let ep = nets
-                .connect(&ConnectRequest {
-                    network,
-                    container_id: id,
-                    name: Some(id),
-                    tap: &host_end,
-                    mac: mac_for(id),
-                    ports: &ports,
-                    owner_pid: me(),
-                })
-                .unwrap();
-            inside(&ns, || {
-                let mut nl = Netlink::open().unwrap();
-                let ct0 = nl.link_index("ct0").unwrap();
-                nl.set_mac(ct0, mac_for(id)).unwrap();
-                nl.add_address(ct0, ep.address).unwrap();
-                nl.set_up(ct0, true).unwrap();
-                nl.add_route(Route {
-                    dst: None,
-                    gateway: Some(ep.gateway),
-                    oif: Some(ct0),
-                })
-                .unwrap();
-            });
+            let (ns, ep) = veth_container(&nets, network, id, &ports);
             tell_peers(inside(&ns, || TcpListener::bind("0.0.0.0:80")).unwrap());
             containers.push((ns, ep));
         }
@@ -796,32 +782,14 @@ fn a_container_sends_only_from_the_mac_and_address_it_was_leased() {
     in_fresh_netns(|| {
         let tmp = tempfile::tempdir().unwrap();
         let nets = Networks::open(tmp.path()).unwrap();
-        let ct = fresh_netns();
-        let mut nl = Netlink::open().unwrap();
-        nl.add_veth_pair("t-a", "ct0").unwrap();
-        let ct0 = nl.link_index("ct0").unwrap();
-        nl.set_netns(ct0, ct.as_fd()).unwrap();
-        let ep = nets
-            .connect(&ConnectRequest {
-                network: "bridge",
-                container_id: "a",
-                name: Some("a"),
-                tap: "t-a",
-                mac: mac_for("a"),
-                ports: &[],
-                owner_pid: me(),
-            })
-            .unwrap();
+        let (ct, ep) = veth_container(&nets, "bridge", "a", &[]);
         // Another container's address, or any other in the subnet: what a
         // hostile guest kernel may put on its interface.
         let other: Ipv4Cidr = "10.89.0.99/24".parse().unwrap();
         inside(&ct, || {
             let mut nl = Netlink::open().unwrap();
             let ct0 = nl.link_index("ct0").unwrap();
-            nl.set_mac(ct0, mac_for("a")).unwrap();
-            nl.add_address(ct0, ep.address).unwrap();
             nl.add_address(ct0, other).unwrap();
-            nl.set_up(ct0, true).unwrap();
         });
         let host = UdpSocket::bind((ep.gateway, 7001)).unwrap();
         host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

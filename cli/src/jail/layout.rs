@@ -83,8 +83,8 @@ impl Layout {
         for (i, (disk, jailed)) in spec.disks.iter().zip(&mut jailed.disks).enumerate() {
             jailed.path = file(&disk.path, format!("/disk/{i}"), disk.read_only, false);
         }
-        jailed.uds = in_run_dir(&spec.uds);
-        jailed.shares = spec.shares.iter().map(|s| in_run_dir(s)).collect();
+        jailed.uds = in_sockets(&spec.uds);
+        jailed.shares = spec.shares.iter().map(|s| in_sockets(s)).collect();
         Layout {
             binds,
             spec: jailed,
@@ -94,7 +94,7 @@ impl Layout {
 
 /// A socket of the VM (however the host reaches it: a long directory is
 /// reached through /proc/self/fd) as the jail sees it.
-fn in_run_dir(socket: &Path) -> PathBuf {
+fn in_sockets(socket: &Path) -> PathBuf {
     Path::new(SOCKETS).join(socket.file_name().unwrap_or_default())
 }
 
